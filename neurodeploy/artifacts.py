@@ -1,0 +1,119 @@
+"""Atomic, deterministic artefact writing.
+
+Everything neurodeploy writes goes through :func:`atomic_write` (temp file in the same folder +
+``os.replace``) or :class:`ArtifactDir` (a whole output folder built in a temp folder and renamed
+into place only when complete), so a failure never leaves a half-written artefact behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _jsonable(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def dumps_json(obj) -> str:
+    """Deterministic JSON (sorted keys, fixed separators, trailing newline)."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path next to ``path``; on success it is renamed onto ``path``, on error removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], None]) -> Path:
+    """Write bytes, text, or call ``data(tmp_path)`` to produce the file, atomically."""
+    with atomic_path(path) as tmp:
+        if callable(data):
+            data(tmp)
+        else:
+            mode = "wb" if isinstance(data, bytes) else "w"
+            with open(tmp, mode) as f:
+                f.write(data)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    return atomic_write(path, dumps_json(obj))
+
+
+class ArtifactDir:
+    """Build an output folder in a temp sibling; ``commit()`` swaps it into place.
+
+    Use as a context manager: on an exception the temp folder is removed and an existing ``out``
+    folder is left untouched.
+    """
+
+    def __init__(self, out: str | os.PathLike):
+        self.out = Path(out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+
+    def path(self, name: str) -> Path:
+        p = self.tmp / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def commit(self) -> Path:
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.out, old)
+            os.replace(self.tmp, self.out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.out)
+        return self.out
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "ArtifactDir":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()

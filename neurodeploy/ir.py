@@ -1,0 +1,416 @@
+"""The neurodeploy intermediate representation.
+
+Plain dataclasses, one per node type, NIR-like, plus deployment annotations. A :class:`Graph`
+holds named nodes and directed edges; a node with several incoming edges is an :class:`Add` (fan-in
+is always explicit here, unlike NIR where fan-in edges are summed implicitly).
+
+Conventions
+-----------
+* Shapes are **per sample** (no batch dimension): ``(C, H, W)`` for images, ``(C, L)`` for
+  Conv1d, ``(N,)`` for vectors. ``node.shape`` is the node's *output* shape, filled in by
+  :func:`infer_shapes`.
+* Float parameters are ``numpy.float64`` arrays. Convolution weights are ``[out, in/groups, kH, kW]``
+  (PyTorch layout), Linear weights ``[out, in]``.
+* Every node has ``source``: the module path (or ATen node) in the user's model it came from,
+  used in error messages and by ``verify`` to find the model's own activation.
+* Quantisation annotations (filled in by ``neurodeploy.passes.quantize`` for a target) live in the
+  ``*_q`` fields: integers (stored as int64 arrays / Python ints). A graph is *quantised* when
+  ``graph.metadata['quantization']`` is set; simulators then use only the ``*_q`` fields.
+
+Semantics of :class:`IFNeuron` (integrate-and-fire, subtractive reset, spike budget D)
+--------------------------------------------------------------------------------------
+Given its whole input current ``x`` (layer-synchronous schedule), the neuron starts at
+``v = v_init + x`` and, over ``max_spikes`` (= D) timesteps, fires whenever ``v >= threshold``,
+subtracting ``threshold`` at each spike. Its spike count is therefore::
+
+    n = clip(floor((x + v_init) / threshold), 0, D)
+
+which, with ``v_init = threshold / 2``, is SFA's round-half-up ``clip(floor(x/θ + 0.5), 0, D)``
+(Proposition 1 of Yao et al.). For ``rounding == 'half_even'`` (``torch.round``) an exact tie
+(``x + v_init`` an exact odd multiple of θ) fires one spike fewer, so half-even models stay exact.
+The value the neuron passes on is ``n / norm``; ``passes.fold_norms`` moves ``1/norm`` into the
+next weights so that spike *counts* flow between layers.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import NeurodeployError
+
+ROUNDING_RULES = ("half_up", "half_even", "floor")
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        return (int(v[0]), int(v[1]))
+    return (int(v), int(v))
+
+
+@dataclass(eq=False)
+class Node:
+    """Base class. ``shape`` is the per-sample output shape (set by :func:`infer_shapes`)."""
+
+    source: str = field(default="", kw_only=True)
+    shape: tuple | None = field(default=None, kw_only=True)
+    meta: dict = field(default_factory=dict, kw_only=True)
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(eq=False)
+class Input(Node):
+    """Real-valued network input. ``input_shape`` per sample.
+
+    ``scale_q``: fixed-point scale of the input in a quantised graph (x_int = round(x * scale_q));
+    the first weight layer multiplies these real values (MAC work, not synaptic ACs).
+    ``is_spikes``: True if the input is already spike counts (event data), so layer 1 costs ACs.
+    """
+
+    input_shape: tuple = ()
+    is_spikes: bool = False
+    scale_q: int | None = None
+
+
+@dataclass(eq=False)
+class Output(Node):
+    """Network output (the value of its single input)."""
+
+
+@dataclass(eq=False)
+class Conv2d(Node):
+    weight: np.ndarray = None  # [out, in/groups, kH, kW]
+    bias: np.ndarray | None = None
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    weight_q: np.ndarray | None = None
+    bias_q: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.stride, self.padding, self.dilation = map(_pair, (self.stride, self.padding, self.dilation))
+
+
+@dataclass(eq=False)
+class Conv1d(Node):
+    weight: np.ndarray = None  # [out, in/groups, k]
+    bias: np.ndarray | None = None
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    groups: int = 1
+    weight_q: np.ndarray | None = None
+    bias_q: np.ndarray | None = None
+
+
+@dataclass(eq=False)
+class Linear(Node):
+    weight: np.ndarray = None  # [out, in]
+    bias: np.ndarray | None = None
+    weight_q: np.ndarray | None = None
+    bias_q: np.ndarray | None = None
+
+
+@dataclass(eq=False)
+class BatchNorm(Node):
+    """Inference-mode batch norm over dim 0 of the per-sample tensor. Removed by ``fold_batchnorm``."""
+
+    mean: np.ndarray = None
+    var: np.ndarray = None
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    eps: float = 1e-5
+
+
+@dataclass(eq=False)
+class SumPool2d(Node):
+    kernel: tuple = (2, 2)
+    stride: tuple | None = None  # None: equal to kernel
+    padding: tuple = (0, 0)
+
+    def __post_init__(self):
+        self.kernel = _pair(self.kernel)
+        self.stride = self.kernel if self.stride is None else _pair(self.stride)
+        self.padding = _pair(self.padding)
+
+
+@dataclass(eq=False)
+class AvgPool2d(SumPool2d):
+    """Average pooling (zero padding counted, as ``count_include_pad=True``). ``fold_avgpool``
+    turns it into SumPool2d + Scale(1/k²)."""
+
+
+@dataclass(eq=False)
+class Scale(Node):
+    """Multiply by a positive scalar (or per-channel vector over dim 0)."""
+
+    scale: Any = 1.0
+
+
+@dataclass(eq=False)
+class Flatten(Node):
+    """Flatten per-sample dims ``start_dim..end`` (0 = flatten everything, as NIR intends)."""
+
+    start_dim: int = 0
+
+
+@dataclass(eq=False)
+class Reshape(Node):
+    """Reshape (or permute-free view) of the per-sample tensor to ``target_shape``."""
+
+    target_shape: tuple = ()
+
+
+@dataclass(eq=False)
+class Add(Node):
+    """Element-wise sum of all inputs (residual / membrane shortcut)."""
+
+
+@dataclass(eq=False)
+class IFNeuron(Node):
+    """Integrate-and-fire with subtractive reset; see the module docstring for exact semantics.
+
+    ``threshold_q`` / ``v_init_q``: integer threshold and initial membrane in a quantised graph
+    (same units as the integer input current). ``state_bits``: membrane width of the target (None:
+    unbounded). ``low_threshold_q``: saturation floor of the membrane (Speck), None for none.
+    """
+
+    threshold: float = 1.0
+    max_spikes: int = 4
+    rounding: str = "half_up"
+    v_init: float = 0.5
+    norm: float = 1.0
+    reset: str = "subtract"
+    threshold_q: int | None = None
+    v_init_q: int | None = None
+    low_threshold_q: int | None = None
+    state_bits: int | None = None
+
+    def __post_init__(self):
+        if self.rounding not in ROUNDING_RULES:
+            raise NeurodeployError(
+                f"unknown rounding rule {self.rounding!r}", layer=self.source or None,
+                fix=f"use one of {', '.join(ROUNDING_RULES)}",
+            )
+        if self.max_spikes < 1:
+            raise NeurodeployError(f"spike budget D={self.max_spikes} must be >= 1", layer=self.source or None)
+
+
+@dataclass(eq=False)
+class HostOp(Node):
+    """An operation that cannot run on synaptic cores (e.g. spike × spike attention)."""
+
+    op: str = ""
+    reason: str = ""
+
+
+WEIGHT_NODES = (Conv2d, Conv1d, Linear)
+NODE_TYPES = {cls.__name__: cls for cls in (Input, Output, Conv2d, Conv1d, Linear, BatchNorm, SumPool2d,
+                                            AvgPool2d, Scale, Flatten, Reshape, Add, IFNeuron, HostOp)}
+
+
+@dataclass
+class Graph:
+    """Named nodes (insertion order is kept) and directed edges ``(src, dst)``.
+
+    Edge order matters for nodes with several inputs only through :meth:`inputs_of` (stable).
+    """
+
+    nodes: dict[str, Node] = field(default_factory=dict)
+    edges: list[tuple[str, str]] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+    # -- construction -------------------------------------------------------------------------
+    def add(self, name: str, node: Node, inputs: tuple | list | str = ()) -> str:
+        if name in self.nodes:
+            raise NeurodeployError(f"duplicate node name {name!r}", layer=name)
+        if isinstance(inputs, str):
+            inputs = (inputs,)
+        for src in inputs:
+            if src not in self.nodes:
+                raise NeurodeployError(f"input {src!r} of node {name!r} does not exist", layer=name)
+        self.nodes[name] = node
+        self.edges.extend((src, name) for src in inputs)
+        return name
+
+    def unique_name(self, base: str) -> str:
+        base = base or "node"
+        if base not in self.nodes:
+            return base
+        i = 1
+        while f"{base}_{i}" in self.nodes:
+            i += 1
+        return f"{base}_{i}"
+
+    def remove(self, name: str) -> None:
+        """Remove a single-input node, connecting its input to all its consumers."""
+        ins = self.inputs_of(name)
+        if len(ins) != 1:
+            raise NeurodeployError(f"cannot splice out node with {len(ins)} inputs", layer=name)
+        src = ins[0]
+        new_edges = []
+        for a, b in self.edges:
+            if b == name:
+                continue
+            new_edges.append((src, b) if a == name else (a, b))
+        self.edges = new_edges
+        del self.nodes[name]
+
+    def insert_after(self, name: str, new_name: str, node: Node) -> str:
+        """Insert ``node`` between ``name`` and all of its consumers."""
+        self.edges = [(new_name, b) if a == name else (a, b) for a, b in self.edges]
+        self.nodes[new_name] = node
+        self.edges.append((name, new_name))
+        return new_name
+
+    # -- queries ------------------------------------------------------------------------------
+    def inputs_of(self, name: str) -> list[str]:
+        return [a for a, b in self.edges if b == name]
+
+    def consumers_of(self, name: str) -> list[str]:
+        return [b for a, b in self.edges if a == name]
+
+    def input_names(self) -> list[str]:
+        return [n for n, node in self.nodes.items() if isinstance(node, Input)]
+
+    def output_names(self) -> list[str]:
+        return [n for n, node in self.nodes.items() if isinstance(node, Output)]
+
+    def of_type(self, *types) -> list[str]:
+        return [n for n in self.topo_order() if isinstance(self.nodes[n], types)]
+
+    def neurons(self) -> list[str]:
+        return self.of_type(IFNeuron)
+
+    def topo_order(self) -> list[str]:
+        indeg = {n: 0 for n in self.nodes}
+        for _, b in self.edges:
+            indeg[b] += 1
+        order, ready = [], [n for n in self.nodes if indeg[n] == 0]
+        consumers: dict[str, list[str]] = {n: [] for n in self.nodes}
+        for a, b in self.edges:
+            consumers[a].append(b)
+        while ready:
+            n = ready.pop(0)
+            order.append(n)
+            for c in consumers[n]:
+                indeg[c] -= 1
+                if indeg[c] == 0:
+                    ready.append(c)
+        if len(order) != len(self.nodes):
+            raise NeurodeployError("graph has a cycle", fix="recurrent connections are not supported yet")
+        return order
+
+    def __iter__(self) -> Iterator[tuple[str, Node]]:
+        for n in self.topo_order():
+            yield n, self.nodes[n]
+
+    def copy(self) -> "Graph":
+        return copy.deepcopy(self)
+
+    @property
+    def is_quantized(self) -> bool:
+        return bool(self.metadata.get("quantization"))
+
+    def summary(self) -> str:
+        lines = []
+        for name, node in self:
+            ins = ",".join(self.inputs_of(name))
+            extra = ""
+            if isinstance(node, IFNeuron):
+                extra = f" θ={node.threshold:g} D={node.max_spikes} {node.rounding}"
+            lines.append(f"{name:<28} {node.kind:<10} {str(node.shape):<18} <- {ins}{extra}")
+        return "\n".join(lines)
+
+    def validate(self) -> None:
+        """Structural checks: edges name nodes, inputs/outputs exist, fan-in only on Add."""
+        for a, b in self.edges:
+            for n in (a, b):
+                if n not in self.nodes:
+                    raise NeurodeployError(f"edge names unknown node {n!r}")
+        if not self.input_names():
+            raise NeurodeployError("graph has no Input node")
+        if not self.output_names():
+            raise NeurodeployError("graph has no Output node")
+        for name, node in self.nodes.items():
+            n_in = len(self.inputs_of(name))
+            if isinstance(node, Input):
+                if n_in:
+                    raise NeurodeployError("Input node has inputs", layer=name)
+            elif isinstance(node, Add):
+                if n_in < 2:
+                    raise NeurodeployError(f"Add node has {n_in} input(s), needs >= 2", layer=name)
+            elif n_in != 1:
+                raise NeurodeployError(f"{node.kind} node has {n_in} inputs, expected 1", layer=name)
+        self.topo_order()
+
+
+# -- shape inference ------------------------------------------------------------------------------
+
+def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def output_shape(node: Node, in_shapes: list[tuple]) -> tuple:
+    """Per-sample output shape of ``node`` given its input shapes."""
+    if isinstance(node, Input):
+        return tuple(node.input_shape)
+    s = tuple(in_shapes[0]) if in_shapes else None
+    if isinstance(node, Conv2d):
+        c, h, w = s
+        kh, kw = node.weight.shape[2:]
+        if c != node.weight.shape[1] * node.groups:
+            raise NeurodeployError(
+                f"Conv2d expects {node.weight.shape[1] * node.groups} input channels, gets {c}",
+                layer=node.source)
+        return (node.weight.shape[0],
+                _conv_out(h, kh, node.stride[0], node.padding[0], node.dilation[0]),
+                _conv_out(w, kw, node.stride[1], node.padding[1], node.dilation[1]))
+    if isinstance(node, Conv1d):
+        c, length = s
+        return (node.weight.shape[0], _conv_out(length, node.weight.shape[2], node.stride, node.padding, node.dilation))
+    if isinstance(node, Linear):
+        if s[-1] != node.weight.shape[1]:
+            raise NeurodeployError(f"Linear expects {node.weight.shape[1]} inputs, gets {s[-1]}", layer=node.source)
+        return s[:-1] + (node.weight.shape[0],)
+    if isinstance(node, SumPool2d):  # includes AvgPool2d
+        c, h, w = s
+        return (c,
+                _conv_out(h, node.kernel[0], node.stride[0], node.padding[0], 1),
+                _conv_out(w, node.kernel[1], node.stride[1], node.padding[1], 1))
+    if isinstance(node, Flatten):
+        sd = node.start_dim
+        return s[:sd] + (int(np.prod(s[sd:])),)
+    if isinstance(node, Reshape):
+        tgt = tuple(node.target_shape)
+        if int(np.prod(tgt)) != int(np.prod(s)):
+            raise NeurodeployError(f"cannot reshape {s} to {tgt}", layer=node.source)
+        return tgt
+    if isinstance(node, Add):
+        for other in in_shapes[1:]:
+            if tuple(other) != s:
+                raise NeurodeployError(f"Add of mismatched shapes {in_shapes}", layer=node.source)
+        return s
+    # BatchNorm, Scale, IFNeuron, Output, HostOp keep the shape
+    return s
+
+
+def infer_shapes(graph: Graph) -> Graph:
+    """Fill in ``node.shape`` for every node (in place; returns the graph)."""
+    for name in graph.topo_order():
+        node = graph.nodes[name]
+        node.shape = output_shape(node, [graph.nodes[i].shape for i in graph.inputs_of(name)])
+    return graph
+
+
+def node_fields(node: Node) -> dict:
+    """The dataclass fields of ``node`` as a dict (arrays kept as arrays)."""
+    return {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
