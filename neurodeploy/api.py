@@ -1,0 +1,214 @@
+"""The Python API: everything the CLI does, as functions.
+
+    load  ->  convert (trace to IR)  ->  canonicalize (fold BN/pools/norms)  ->  target.check
+          ->  target.quantize  ->  target.map  ->  emit artefacts (+ NIR, IR, profile, manifest)
+
+``compile`` writes all artefacts into a temp folder and renames it into place only when every
+step succeeded, so a failure never leaves a partial output folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, ir
+from .artifacts import ArtifactDir, dumps_json, sha256_file, write_json
+from .data import Dataset, load_data
+from .errors import DesignRuleError, NeurodeployError
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class Prepared:
+    """A model loaded and converted: the traced graph, its canonical form, and the loaded model."""
+
+    loaded: Any
+    graph: ir.Graph  # as traced (BatchNorm, AvgPool, norms still present)
+    canonical: ir.Graph
+    options: dict = field(default_factory=dict)
+
+    @property
+    def module(self):
+        return self.loaded.module
+
+    @property
+    def probe(self) -> dict | None:
+        probe = self.loaded.extras.get("probe") if self.loaded.extras else None
+        if not probe:
+            return None
+        return {"weight": np.asarray(probe["weight"], dtype=np.float64),
+                "bias": np.asarray(probe["bias"], dtype=np.float64)}
+
+
+def prepare(model: str | Path, *, arch: str | None = None, arch_kwargs: dict | None = None,
+            trust: bool = False, input_shape: tuple | None = None, until: str | None = None,
+            spike: dict | None = None) -> Prepared:
+    """Load ``model`` safely and convert it to a canonical IR graph."""
+    from .converters import to_graph
+    from .converters.load import load_model
+    from .passes import canonicalize
+
+    loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
+    if until is None and loaded.extras:
+        until = loaded.extras.get("until")
+    graph = to_graph(loaded, input_shape, until=until, spike=spike)
+    options = {"arch": arch, "arch_kwargs": arch_kwargs or {}, "trust": trust,
+               "input_shape": list(graph.nodes[graph.input_names()[0]].input_shape),
+               "until": until, "spike": spike or {}}
+    return Prepared(loaded, graph, canonicalize(graph), options)
+
+
+def _check(target, graph: ir.Graph) -> None:
+    violations = target.check(graph)
+    if violations:
+        raise DesignRuleError(violations, target.name)
+
+
+@dataclass
+class CompileResult:
+    out_dir: Path
+    artifacts: dict[str, str]
+    manifest: dict
+    quantized: ir.Graph
+    profile: Any = None
+    verify: Any = None
+
+
+def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data: str | Path | None = None,
+            calibration: str | Path | None = None, verify: bool = False, profile: bool = True,
+            limit: int | None = None, emit: tuple[str, ...] = (), target_options: dict | None = None,
+            energy: dict | None = None, progress: bool = False, **load_options) -> CompileResult:
+    """Compile ``model`` for ``target`` into ``out_dir`` (atomically).
+
+    ``data``: an ``.npz`` with ``x`` (and ``y``) used for profiling and, with ``verify=True``, for
+    spike-count verification. ``calibration``: an ``.npz`` with ``x`` used by targets that choose
+    quantisation scales from data. ``emit``: extra artefacts (``'routing'``).
+    """
+    from .nir_io import write_nir
+    from .ir_io import save_graph
+    from .targets import get_target
+
+    prepared = prepare(model, **load_options)
+    tgt = get_target(target)
+    target_options = dict(target_options or {})
+    _check(tgt, prepared.canonical)
+    calib = load_data(calibration).x if calibration else None
+    quantized = tgt.quantize(prepared.canonical, calibration=calib, **target_options)
+    mapping = tgt.map(quantized, **target_options)
+    dataset = load_data(data, limit) if data else None
+
+    result = CompileResult(Path(out_dir), {}, {}, quantized)
+    with ArtifactDir(out_dir) as art:
+        save_graph(quantized, art.path("graph.ir.npz"))
+        write_nir(quantized, art.path("network.nir"))
+        for name, path in tgt.emit(quantized, art.tmp, mapping=mapping, **target_options).items():
+            result.artifacts[name] = str(Path(path).relative_to(art.tmp))
+        if "routing" in emit:
+            from .routing import build_routing, save_routing
+            save_routing(build_routing(quantized), art.path("routing.npz"))
+        if mapping:
+            write_json(art.path("mapping.json"), mapping)
+        if dataset is not None and profile:
+            result.profile = run_profile(quantized, dataset.x, energy=energy)
+            art.path("profile.json").write_text(result.profile.format("json"))
+            art.path("profile.csv").write_text(result.profile.format("csv"))
+            result.profile.plot(art.path("profile.png"))
+        if dataset is not None and verify:
+            result.verify = verify_prepared(prepared, quantized, dataset, target=target, progress=progress)
+            write_json(art.path("verify.json"), result.verify.to_dict())
+        result.manifest = _manifest(model, target, prepared, art.tmp, data, calibration, emit, target_options)
+        write_json(art.path("manifest.json"), result.manifest)
+    result.artifacts = {p.name: str(p) for p in sorted(Path(out_dir).iterdir()) if p.is_file()}
+    return result
+
+
+def _versions() -> dict:
+    import nir
+    import torch
+
+    return {"neurodeploy": __version__, "torch": torch.__version__, "nir": nir.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _manifest(model, target, prepared: Prepared, folder: Path, data, calibration, emit, target_options) -> dict:
+    artefacts = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "input": {"path": Path(model).name, "sha256": prepared.loaded.sha256, "format": prepared.loaded.format},
+        "data": {"path": Path(data).name, "sha256": sha256_file(data)} if data else None,
+        "calibration": {"path": Path(calibration).name, "sha256": sha256_file(calibration)} if calibration else None,
+        "target": target,
+        "options": {**prepared.options, "emit": sorted(emit), "target_options": target_options},
+        "versions": _versions(),
+        "artefacts": artefacts,
+    }
+
+
+def run_profile(graph: ir.Graph, x, *, energy: dict | None = None, schedule: str = "sync"):
+    """Profile a (quantised or float) canonical graph on inputs ``x``."""
+    from .profile import profile as _profile
+    from .simulator import simulate
+
+    res = simulate(graph, x, schedule=schedule)
+    from . import ops
+
+    values = ops.evaluate(graph, x)  # linear-layer values; IF counts replaced by the simulated ones
+    for name, counts in res.counts.items():
+        values[name] = counts
+    return _profile(graph, values, **(energy or {}))
+
+
+def verify_prepared(prepared: Prepared, quantized: ir.Graph, dataset: Dataset, *, target: str = "sim",
+                    schedules: tuple[str, ...] = ("sync", "streaming"), progress: bool = False):
+    """Compare the model's own PyTorch forward with the target simulation, layer by layer."""
+    from .converters.capture import capture_counts
+    from .targets import get_target
+    from .verify import build_report
+
+    if prepared.module is None:
+        raise NeurodeployError("verify needs the PyTorch model (checkpoint + --arch, TorchScript or exported "
+                               "program); a NIR/ONNX file has no forward of its own",
+                               fix="verify against the model file the NIR/ONNX was made from")
+    reference = capture_counts(prepared.module, prepared.graph, dataset.x)
+    tgt = get_target(target)
+    results = {s: tgt.simulate(quantized, dataset.x, schedule=s) for s in schedules}
+    return build_report(reference, results, quantized, probe=prepared.probe, labels=dataset.y)
+
+
+def verify(model: str | Path, *, data: str | Path, target: str = "sim", limit: int | None = None,
+           schedules: tuple[str, ...] = ("sync", "streaming"), target_options: dict | None = None,
+           calibration: str | Path | None = None, **load_options):
+    """Load, convert and quantise ``model`` for ``target``, then verify spike counts on ``data``."""
+    from .targets import get_target
+
+    prepared = prepare(model, **load_options)
+    tgt = get_target(target)
+    _check(tgt, prepared.canonical)
+    calib = load_data(calibration).x if calibration else None
+    quantized = tgt.quantize(prepared.canonical, calibration=calib, **(target_options or {}))
+    return verify_prepared(prepared, quantized, load_data(data, limit), target=target, schedules=schedules)
+
+
+def profile(model: str | Path, *, data: str | Path, target: str = "sim", limit: int | None = None,
+            energy: dict | None = None, **load_options):
+    """Per-layer SynOps / MACs / firing rates / energy of ``model`` on ``data``."""
+    from .targets import get_target
+
+    prepared = prepare(model, **load_options)
+    quantized = get_target(target).quantize(prepared.canonical)
+    return run_profile(quantized, load_data(data, limit).x, energy=energy)
+
+
+def input_digest(x: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+
+
+__all__ = ["prepare", "compile", "verify", "profile", "CompileResult", "Prepared", "dumps_json", "json"]

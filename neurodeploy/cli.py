@@ -1,0 +1,234 @@
+"""``neurodeploy`` command line: a thin layer over :mod:`neurodeploy.api`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from . import __version__
+from .errors import NeurodeployError
+from .data import load_data
+from .engine.cli import route_cmd, simulate_cmd
+from .targets import TARGET_NAMES
+
+EPILOG = """\b
+Examples:
+  neurodeploy compile examples/digits_sfa.pt --arch examples/digits_sfa.py:build_model \\
+      --target sim -o out/demo --data examples/digits_test.npz --verify
+  neurodeploy verify examples/digits_sfa.pt --arch examples/digits_sfa.py:build_model \\
+      --data examples/digits_test.npz
+  neurodeploy profile examples/digits_sfa.pt --arch examples/digits_sfa.py:build_model \\
+      --data examples/digits_test.npz --format csv
+"""
+
+
+def _parse_shape(_ctx, _param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a shape like 1,8,8") from None
+
+
+def _parse_json(_ctx, param, value):
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not valid JSON ({e.msg}): {value!r}") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("expected a JSON object, e.g. '{\"width\": 32}'")
+    return parsed
+
+
+def model_options(f):
+    """Options shared by every command that reads a model file."""
+    opts = [
+        click.argument("model", type=click.Path(exists=True, dir_okay=False)),
+        click.option("--arch", help="For a checkpoint/state_dict: 'module:factory' building the nn.Module; "
+                     "module is a dotted import path or a .py file (e.g. examples/digits_sfa.py:build_model)."),
+        click.option("--arch-kwargs", callback=_parse_json, help="JSON object of keyword arguments for the factory."),
+        click.option("--trust", is_flag=True, help="Allow unpickling a full nn.Module. Runs code from the file: "
+                     "only for files you made yourself."),
+        click.option("--input-shape", callback=_parse_shape, help="Per-sample input shape C,H,W (default: from "
+                     "the checkpoint's 'input_shape')."),
+        click.option("--until", help="Deploy up to this module/node (e.g. 'encoder'): drops SimCLR projection "
+                     "heads and MIM decoders. Default: the checkpoint's 'until' entry, else the whole model."),
+        click.option("--spike-d", type=int, help="Spike budget D for activations whose code does not reveal it."),
+        click.option("--rounding", type=click.Choice(["half_even", "half_up", "floor"]),
+                     help="Rounding rule for activations whose code does not reveal it."),
+        click.option("--norm", type=float, help="Activation norm (a = round(x)/norm) when the code hides it."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _load_options(kw: dict) -> dict:
+    spike = {k: v for k, v in (("max_spikes", kw.pop("spike_d")), ("rounding", kw.pop("rounding")),
+                               ("norm", kw.pop("norm"))) if v is not None}
+    return {"arch": kw.pop("arch"), "arch_kwargs": kw.pop("arch_kwargs"), "trust": kw.pop("trust"),
+            "input_shape": kw.pop("input_shape"), "until": kw.pop("until"), "spike": spike or None}
+
+
+def _energy(e_mac, e_ac):
+    return {"e_mac_pj": e_mac, "e_ac_pj": e_ac}
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except NeurodeployError as e:
+            click.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="neurodeploy")
+def main():
+    """Compile spiking networks pretrained without labels (SFA integer activations) for
+    neuromorphic targets, and check that the spikes equal what PyTorch computed.
+
+    \b
+    Pipeline: load -> convert (IF neurons, soft reset) -> fold BN/pools/norms -> design-rule check
+              -> quantise -> map -> emit (+ NIR, simulator program, profile, manifest) -> verify
+    Targets:  sim    bit-accurate integer simulator (layer-synchronous and streaming schedules)
+              speck  SynSense Speck: config JSON, core map, memory report, async event simulation
+              loihi  Loihi 2 via Lava: NetX .net file, soft-reset IF, Lava fixed-point verification
+    """
+
+
+@main.command("compile")
+@model_options
+@click.option("--target", "-t", type=click.Choice(TARGET_NAMES), default="sim", show_default=True)
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder (written atomically; replaced if it exists).")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False),
+              help=".npz with x (and y): profile and verify on these inputs.")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
+              help=".npz with x: lets the target choose quantisation scales from data.")
+@click.option("--verify/--no-verify", default=False, help="Also verify spike counts on --data (exit 1 if the "
+              "layer-synchronous schedule is not exact).")
+@click.option("--profile/--no-profile", default=True, show_default=True, help="Profile on --data.")
+@click.option("--limit", type=int, help="Use only the first N samples of --data.")
+@click.option("--emit", multiple=True, type=click.Choice(["routing"]), help="Extra artefacts.")
+@click.option("--core-map", callback=_parse_json, help="Speck: JSON {layer: core} placement override.")
+@click.option("--e-mac", default=4.6, show_default=True, help="Energy per MAC (pJ).")
+@click.option("--e-ac", default=0.9, show_default=True, help="Energy per synaptic AC (pJ).")
+def compile_cmd(target, out_dir, data, calibration, verify, profile, limit, emit, core_map, e_mac, e_ac, **kw):
+    """Compile MODEL for a target into OUT: IR, NIR, target artefacts, profile, manifest.json."""
+    from . import api
+
+    if verify and not data:
+        raise click.UsageError("--verify needs --data")
+    target_options = {"core_map": core_map} if core_map else {}
+    res = api.compile(kw.pop("model"), target=target, out_dir=out_dir, data=data, calibration=calibration,
+                      verify=verify, profile=profile, limit=limit, emit=tuple(emit),
+                      target_options=target_options, energy=_energy(e_mac, e_ac), progress=True,
+                      **_load_options(kw))
+    click.echo(f"compiled for '{target}' into {res.out_dir}/")
+    for name in sorted(res.artifacts):
+        click.echo(f"  {name}")
+    if res.profile is not None:
+        click.echo("\nprofile (per sample, layer-synchronous):")
+        click.echo(res.profile.format("table"))
+    if res.verify is not None:
+        click.echo("\nverify:")
+        click.echo(res.verify.format_table())
+        if not res.verify.ok():
+            sys.exit(1)
+
+
+@main.command("verify")
+@model_options
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help=".npz with x (and y).")
+@click.option("--target", "-t", type=click.Choice(TARGET_NAMES), default="sim", show_default=True)
+@click.option("--schedule", "schedules", multiple=True, type=click.Choice(["sync", "streaming"]),
+              default=("sync", "streaming"), show_default=True)
+@click.option("--runtime", type=click.Choice(["sim", "lava"]), default="sim", show_default=True,
+              help="loihi: also run the .net file in Lava's fixed-point CPU model and compare.")
+@click.option("--limit", type=int, help="Use only the first N samples.")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, **kw):
+    """Compare the model's own PyTorch forward with the simulation, layer by layer.
+
+    Exit status 1 when the layer-synchronous schedule (which must be exact) is not.
+    """
+    from . import api
+
+    report = api.verify(kw.pop("model"), data=data, target=target, limit=limit, schedules=tuple(schedules),
+                        calibration=calibration, runtime=runtime, **_load_options(kw))
+    click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True) if as_json else report.format_table())
+    if not report.ok():
+        sys.exit(1)
+
+
+@main.command("profile")
+@model_options
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help=".npz with x.")
+@click.option("--target", "-t", type=click.Choice(TARGET_NAMES), default="sim", show_default=True)
+@click.option("--limit", type=int)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG of per-layer SynOps and energy.")
+@click.option("--e-mac", default=4.6, show_default=True, help="Energy per MAC (pJ).")
+@click.option("--e-ac", default=0.9, show_default=True, help="Energy per synaptic AC (pJ).")
+def profile_cmd(data, target, limit, fmt, plot, e_mac, e_ac, **kw):
+    """Per-layer neurons, synapses, SynOps, MACs, firing rates and energy."""
+    from . import api
+
+    report = api.profile(kw.pop("model"), data=data, target=target, limit=limit, energy=_energy(e_mac, e_ac),
+                         **_load_options(kw))
+    click.echo(report.format(fmt))
+    if plot:
+        report.plot(plot)
+        click.echo(f"plot written to {plot}", err=True)
+
+
+@main.command("inspect")
+@model_options
+@click.option("--canonical", is_flag=True, help="Show the graph after BN/pool/norm folding.")
+def inspect_cmd(canonical, **kw):
+    """Print the IR graph neurodeploy makes of MODEL (what was recognised, with shapes)."""
+    from . import api
+
+    prepared = api.prepare(kw.pop("model"), **_load_options(kw))
+    click.echo((prepared.canonical if canonical else prepared.graph).summary())
+
+
+@main.command("run")
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help=".npz with x.")
+@click.option("--runtime", type=click.Choice(["lava", "sim"]), default="lava", show_default=True,
+              help="lava: Lava's fixed-point CPU model of Loihi 2; sim: neurodeploy's bit-accurate simulator.")
+@click.option("--limit", type=int, help="Use only the first N samples.")
+@click.option("--json", "as_json", is_flag=True, help="Print per-layer counts as JSON.")
+def run_cmd(out_dir, data, runtime, limit, as_json):
+    """Run a compiled Loihi artefact (OUT_DIR from `compile --target loihi`) and print per-layer spikes."""
+    from .targets.loihi import run_artifact
+
+    x = load_data(data, limit).x
+    res = run_artifact(out_dir, x, runtime=runtime)
+    totals = {name: int(np.asarray(c).sum()) for name, c in res.counts.items()}
+    if as_json:
+        click.echo(json.dumps({"runtime": runtime, "samples": len(x), "spikes": totals}, indent=2, sort_keys=True))
+        return
+    click.echo(f"runtime {runtime}: {len(x)} sample(s)")
+    click.echo(f"{'layer':<28} {'spikes':>10} {'per sample':>11}")
+    for name, total in totals.items():
+        click.echo(f"{name:<28} {total:>10} {total / len(x):>11.2f}")
+
+
+main.add_command(route_cmd)
+main.add_command(simulate_cmd)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""End-to-end: the CLI on the bundled demo model (compile, verify, profile, determinism, safety)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from neurodeploy.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "digits_sfa.pt"
+ARCH = f"{ROOT / 'examples' / 'digits_sfa.py'}:build_model"
+TEST_DATA = ROOT / "examples" / "digits_test.npz"
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("c") / "demo"
+    res = run("compile", DEMO, "--arch", ARCH, "--target", "sim", "-o", out, "--data", TEST_DATA,
+              "--limit", 120, "--verify")
+    assert res.exit_code == 0, res.output
+    return out, res.output
+
+
+def test_compile_writes_every_artefact(compiled):
+    out, output = compiled
+    names = {p.name for p in out.iterdir()}
+    for expected in ("manifest.json", "network.nir", "graph.ir.npz", "profile.json", "profile.csv",
+                     "profile.png", "verify.json"):
+        assert expected in names, f"{expected} missing from {sorted(names)}"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["target"] == "sim"
+    assert manifest["input"]["format"] == "checkpoint"
+    assert len(manifest["input"]["sha256"]) == 64
+    assert set(manifest["artefacts"]) == names - {"manifest.json"}
+    assert "SynOps" in output or "synops" in output.lower()
+
+
+def test_verify_is_exact_in_sync_schedule(compiled):
+    out, _ = compiled
+    report = json.loads((out / "verify.json").read_text())
+    sync_layers = report["schedules"]["sync"]["layers"]
+    assert sync_layers, "no layers verified"
+    for layer in sync_layers:
+        assert layer["exact_fraction"] == 1.0, layer
+
+
+def test_compile_is_deterministic(compiled, tmp_path):
+    out, _ = compiled
+    again = tmp_path / "again"
+    res = run("compile", DEMO, "--arch", ARCH, "--target", "sim", "-o", again, "--data", TEST_DATA,
+              "--limit", 120, "--verify")
+    assert res.exit_code == 0, res.output
+    for p in sorted(out.iterdir()):
+        assert (again / p.name).read_bytes() == p.read_bytes(), f"{p.name} differs between two compiles"
+
+
+def test_corrupt_model_gives_clear_error_and_no_output(tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(DEMO.read_bytes()[: len(DEMO.read_bytes()) // 3])
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["compile", str(bad), "--arch", ARCH, "-o", str(out)])
+    assert res.exit_code == 2
+    assert "broken.pt" in res.output
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], "temp folder left behind"
+
+
+def test_failed_compile_leaves_existing_output_untouched(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    res = CliRunner().invoke(main, ["compile", str(DEMO), "--arch", ARCH, "-o", str(out),
+                                    "--until", "no.such.module"])
+    assert res.exit_code == 2
+    assert "no.such.module" in res.output
+    assert (out / "keep.txt").read_text() == "old"
+
+
+def test_help_teaches():
+    res = run("--help")
+    assert res.exit_code == 0
+    for word in ("compile", "verify", "profile", "speck", "loihi", "Examples"):
+        assert word in res.output
+    res = run("compile", "--help")
+    assert "--until" in res.output and "--trust" in res.output
+
+
+def test_profile_formats(tmp_path):
+    res = run("profile", DEMO, "--arch", ARCH, "--data", TEST_DATA, "--limit", 20, "--format", "json",
+              "--plot", tmp_path / "p.png")
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.output.split("\nplot written")[0])
+    assert payload
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_inspect_shows_recognised_neurons():
+    res = run("inspect", DEMO, "--arch", ARCH)
+    assert res.exit_code == 0, res.output
+    assert "IFNeuron" in res.output
+    assert "projector" not in res.output  # the SimCLR head is dropped (checkpoint says until=encoder)
