@@ -2,9 +2,13 @@
 linear probe on 20% of the training labels, and write the demo artefacts.
 
     .venv/bin/python examples/train_digits_simclr.py --out examples/digits_sfa.pt
+    .venv/bin/python examples/train_digits_simclr.py --variant chain --out examples/digits_chain.pt
 
-Writes (next to --out): the checkpoint, ``digits_test.npz`` (x, y of the test split) and
-``digits_calib.npz`` (64 training images, no labels needed). CPU only, 2 threads, deterministic.
+``--variant metaformer`` (default): the MetaFormer encoder of ``digits_sfa.py``; writes (next to
+--out) the checkpoint, ``digits_test.npz`` (x, y of the test split) and ``digits_calib.npz`` (64
+training images, no labels needed). ``--variant chain``: the chain-shaped encoder of
+``digits_chain.py`` (fits Speck and Loihi); writes only the checkpoint (the two .npz files are the
+same for both variants). CPU only, 2 threads, deterministic.
 """
 from __future__ import annotations
 
@@ -21,6 +25,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import digits_sfa as ds  # noqa: E402
+
+# per-variant defaults: (model module, checkpoint, encoder widths)
+VARIANTS = {
+    "metaformer": dict(module="digits_sfa", out="digits_sfa.pt", c1=16, c2=32, feat_dim=64),
+    "chain": dict(module="digits_chain", out="digits_chain.pt", c1=16, c2=32, c3=64, feat_dim=64),
+}
 
 
 def set_determinism(seed: int):
@@ -95,16 +105,21 @@ def evaluate_probe(encoder, x_tr, y_tr, lab_idx, x_te, y_te):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "digits_sfa.pt"))
+    p.add_argument("--variant", choices=sorted(VARIANTS), default="metaformer",
+                   help="metaformer: digits_sfa.py (sim target); chain: digits_chain.py "
+                        "(Speck / Loihi)")
+    p.add_argument("--out", default=None, help="checkpoint (default: examples/digits_sfa.pt "
+                                                "or examples/digits_chain.pt)")
     p.add_argument("--epochs", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=1e-5)
     p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--c1", type=int, default=16)
-    p.add_argument("--c2", type=int, default=32)
-    p.add_argument("--feat-dim", type=int, default=64)
+    p.add_argument("--c1", type=int, default=None, help="default 16")
+    p.add_argument("--c2", type=int, default=None, help="default 32")
+    p.add_argument("--c3", type=int, default=None, help="chain only; default 64")
+    p.add_argument("--feat-dim", type=int, default=None, help="default 64")
     p.add_argument("--proj-hidden", type=int, default=128)
     p.add_argument("--proj-dim", type=int, default=64)
     p.add_argument("--shift", type=float, default=1.0, help="max translation, pixels")
@@ -115,6 +130,17 @@ def main(argv=None):
     p.add_argument("--label-fraction", type=float, default=0.2)
     p.add_argument("--n-calib", type=int, default=64)
     a = p.parse_args(argv)
+    variant = VARIANTS[a.variant]
+    if a.out is None:
+        a.out = os.path.join(os.path.dirname(__file__), variant["out"])
+    for k in ("c1", "c2", "c3", "feat_dim"):
+        if getattr(a, k) is None:
+            setattr(a, k, variant.get(k))
+    if a.variant == "metaformer":
+        if a.c3 is not None:
+            p.error("--c3 is for --variant chain only")
+        del a.c3                        # keep the metaformer checkpoint's args as they were
+    net = ds if a.variant == "metaformer" else __import__(variant["module"])
 
     t_start = time.time()
     set_determinism(a.seed)
@@ -126,10 +152,12 @@ def main(argv=None):
 
     arch = dict(in_channels=1, c1=a.c1, c2=a.c2, feat_dim=a.feat_dim,
                 proj_hidden=a.proj_hidden, proj_dim=a.proj_dim)
-    model = ds.build_model(**arch)
+    if a.variant == "chain":
+        arch["c3"] = a.c3
+    model = net.build_model(**arch)
 
     # ---- baseline: random-init encoder (BN statistics estimated on the clean train images) ----
-    rand_model = ds.build_model(**arch)
+    rand_model = net.build_model(**arch)
     rand_model.load_state_dict(model.state_dict())
     recalibrate_bn(rand_model.encoder, x_tr)
     _, _, r_tr, r_te, r_act, _ = evaluate_probe(rand_model.encoder, x_tr, y_tr, lab_idx,
@@ -187,6 +215,8 @@ def main(argv=None):
     # ---- artefacts ----
     args = dict(vars(a))
     args.pop("out")
+    if a.variant == "metaformer":
+        args.pop("variant")             # the metaformer checkpoint's args as they were
     args.update(arch)
     args.update(D=ds.D, norm=ds.D, n_train=len(x_tr), n_test=len(x_te),
                 n_labelled=int(len(lab_idx)), random_init_probe_accuracy_test=r_te,
@@ -203,11 +233,14 @@ def main(argv=None):
     out_dir = os.path.dirname(os.path.abspath(a.out))
     os.makedirs(out_dir, exist_ok=True)
     torch.save(ckpt, a.out)
+    torch.load(a.out, weights_only=True)  # must load without pickles
+    if a.variant != "metaformer":       # the .npz files are variant-independent: written once
+        print(f"wrote {a.out} ({os.path.getsize(a.out) / 1024:.0f} KiB)")
+        return t_te
     np.savez(os.path.join(out_dir, "digits_test.npz"), x=x_te_np.astype(np.float32),
              y=y_te_np.astype(np.int64))
     calib_idx = np.sort(np.random.default_rng(a.seed).permutation(len(x_tr_np))[:a.n_calib])
     np.savez(os.path.join(out_dir, "digits_calib.npz"), x=x_tr_np[calib_idx].astype(np.float32))
-    torch.load(a.out, weights_only=True)  # must load without pickles
     print(f"wrote {a.out} ({os.path.getsize(a.out) / 1024:.0f} KiB), digits_test.npz, "
           f"digits_calib.npz")
     return t_te
