@@ -1,0 +1,197 @@
+"""Simulator benchmark: neurodeploy's sim target vs. a plain PyTorch forward vs. sinabs IAF.
+
+For the demo-sized net (1×8×8 digits, 3 SFA conv layers + SFA linear, D=4) and a larger conv net
+(3×64×64, 6 SFA conv layers + pool + SFA linear, D=4) it times
+
+* the model's own PyTorch forward (float32, as users run it; float64 for reference),
+* the neurodeploy simulator on the quantised (integer) program, layer-synchronous schedule
+  (goal: <= 2× the PyTorch forward) and streaming schedule; also the sync schedule of a program
+  quantised with 24-bit accumulators (exact in float32, so it can use PyTorch's fast float32
+  convolutions; its counts may differ from the model's where 2^-20 relative precision matters),
+* sinabs 3.1.3 ``IAFSqueeze`` (SingleSpike, MembraneSubtract, threshold 1, initial membrane
+  0.5 + bias, input given at the first of D timesteps, zero delay between layers inside a step) —
+  and, for reference, the same sinabs layers run one layer at a time with a barrier,
+
+and checks whether each one's spike counts agree with the model's own activations.
+Run: ``python benchmarks/bench_simulator.py`` (< 3 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from nets import SFA, DigitsConvNet, LargeConvNet, activation_counts, digits_like_input, image_input, to_graph  # noqa: E402
+
+from neurodeploy.passes import canonicalize, quantize_fixed_point  # noqa: E402
+from neurodeploy.simulator import simulate  # noqa: E402
+
+
+def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts)  # the machine is shared: the fastest run is the least disturbed one
+
+
+# -- sinabs --------------------------------------------------------------------------------------
+
+def sinabs_layers(model: nn.Module, B: int):
+    """Sinabs version of a Sequential SFA net: [(kind, module, init_vmem or None, ir_name)]."""
+    import sinabs.layers as sl
+    from sinabs.activation import MembraneSubtract, SingleSpike
+
+    seq = model.net
+    out, pending_bias = [], None
+    for i, m in enumerate(seq):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            mm = m.__class__(*( (m.in_channels, m.out_channels, m.kernel_size) if isinstance(m, nn.Conv2d)
+                                else (m.in_features, m.out_features)), bias=False,
+                             **({"stride": m.stride, "padding": m.padding} if isinstance(m, nn.Conv2d) else {}))
+            mm.weight.data = m.weight.data.double().clone()
+            pending_bias = m.bias.data.double().clone()
+            out.append(("lin", mm.double(), None, None))
+        elif isinstance(m, SFA):
+            layer = sl.IAFSqueeze(batch_size=B, spike_threshold=1.0, spike_fn=SingleSpike,
+                                  reset_fn=MembraneSubtract(), min_v_mem=None)
+            out.append(("if", layer, pending_bias, f"l{i}"))
+            pending_bias = None
+        else:
+            out.append(("lin", m, None, None))
+    return out
+
+
+def _init_vmem(layer, bias, shape, B):
+    layer.init_state_with_shape((B,) + tuple(shape))
+    v = torch.full((B,) + tuple(shape), 0.5, dtype=torch.float64)
+    if bias is not None:
+        v = v + bias.view((1, -1) + (1,) * (len(shape) - 1))
+    layer.v_mem = v
+
+
+def run_sinabs(layers, x: torch.Tensor, D: int, barrier: bool) -> dict[str, np.ndarray]:
+    """Zero-delay streaming over D steps (barrier=False) or one layer at a time (barrier=True).
+    Input (and biases, via the initial membrane) arrive at the first step only."""
+    B = x.shape[0]
+    counts = {}
+    with torch.inference_mode():
+        if not barrier:
+            h = torch.zeros((B, D) + tuple(x.shape[1:]), dtype=torch.float64)
+            h[:, 0] = x
+            h = h.reshape((B * D,) + tuple(x.shape[1:]))
+            for kind, m, bias, name in layers:
+                if kind == "if":
+                    _init_vmem(m, bias, h.shape[1:], B)
+                    h = m(h).double()
+                    counts[name] = h.reshape((B, D) + tuple(h.shape[1:])).sum(1).numpy()
+                else:
+                    h = m(h)
+        else:
+            h = x
+            for kind, m, bias, name in layers:
+                if kind == "if":  # whole current at step 0, then D steps with no input
+                    _init_vmem(m, bias, h.shape[1:], B)
+                    seq = torch.zeros((B, D) + tuple(h.shape[1:]), dtype=torch.float64)
+                    seq[:, 0] = h
+                    s = m(seq.reshape((B * D,) + tuple(h.shape[1:]))).double()
+                    h = s.reshape((B, D) + tuple(h.shape[1:])).sum(1)
+                    counts[name] = h.numpy()
+                else:
+                    h = m(h)
+    return counts
+
+
+def agreement(ref: dict, got: dict) -> tuple[float, int]:
+    """Fraction of all counts equal, number of layers that agree fully."""
+    tot = eq = layers = 0
+    for k, r in ref.items():
+        g = got[k]
+        eq += int((np.asarray(r) == np.asarray(g)).sum())
+        tot += int(np.asarray(r).size)
+        layers += int(np.array_equal(r, g))
+    return eq / max(tot, 1), layers
+
+
+def bench(name: str, model: nn.Module, x: np.ndarray, D: int, repeat: int) -> dict:
+    torch.set_grad_enabled(False)
+    model = model.eval()
+    x32 = torch.tensor(x, dtype=torch.float32)
+    x64 = torch.tensor(x, dtype=torch.float64)
+    m64 = type(model)().eval().double()
+    m64.load_state_dict(model.state_dict())
+    reference = activation_counts(m64, x64)  # the model's own activations (float64 forward)
+
+    t0 = time.perf_counter()
+    q = quantize_fixed_point(canonicalize(to_graph(model)), calibration=x)
+    t_compile = time.perf_counter() - t0
+
+    with torch.inference_mode():
+        t_f32 = timeit(lambda: model(x32), repeat)
+        t_f64 = timeit(lambda: m64(x64), repeat)
+    q24 = quantize_fixed_point(canonicalize(to_graph(model)), calibration=x, accumulator_bits=24)
+    res = {}
+    t_sync = timeit(lambda: res.__setitem__("sync", simulate(q, x)), repeat)
+    t_sync24 = timeit(lambda: res.__setitem__("sync24", simulate(q24, x)), repeat)
+    t_stream = timeit(lambda: res.__setitem__("streaming", simulate(q, x, schedule="streaming")), max(1, repeat // 2))
+    lay = sinabs_layers(m64, x.shape[0])
+    sres = {}
+    t_sinabs = timeit(lambda: sres.__setitem__("s", run_sinabs(lay, x64, D, barrier=False)), max(1, repeat // 2))
+    t_sinabs_b = timeit(lambda: sres.__setitem__("b", run_sinabs(lay, x64, D, barrier=True)), max(1, repeat // 2))
+
+    rows = [
+        ("pytorch forward f32", t_f32, None, None),
+        ("pytorch forward f64", t_f64, None, None),
+        ("neurodeploy sim sync", t_sync, *agreement(reference, res["sync"].counts)),
+        ("sim sync, 24-bit acc. (float32)", t_sync24, *agreement(reference, res["sync24"].counts)),
+        ("neurodeploy sim streaming", t_stream, *agreement(reference, res["streaming"].counts)),
+        ("sinabs IAF (streaming, D steps)", t_sinabs, *agreement(reference, sres["s"])),
+        ("sinabs IAF (per-layer barrier)", t_sinabs_b, *agreement(reference, sres["b"])),
+    ]
+    n_layers = len(reference)
+    print(f"\n== {name}: input {tuple(x.shape[1:])}, batch {x.shape[0]}, {n_layers} SFA layers, D={D}, "
+          f"sync latency {res['sync'].timesteps} steps, streaming ran {res['streaming'].timesteps} steps "
+          f"(quantise {t_compile * 1e3:.0f} ms)")
+    print(f"  {'method':<34} {'time ms':>9} {'× f32 fwd':>10} {'counts':>10} {'equal %':>9} {'layers ok':>10}")
+    for label, t, frac, nl in rows:
+        if frac is None:
+            verdict, eqp, lok = "", "", ""
+        else:
+            verdict = "agree" if frac == 1.0 else "disagree"
+            eqp, lok = f"{100 * frac:.3f}", f"{nl}/{n_layers}"
+        print(f"  {label:<34} {t * 1e3:>9.1f} {t / t_f32:>9.2f}× {verdict:>10} {eqp:>9} {lok:>10}")
+    goal = t_sync / t_f32
+    print(f"  sync simulator / PyTorch f32 forward = {goal:.2f}× (goal <= 2×: {'met' if goal <= 2 else 'NOT met'}); "
+          f"/ f64 forward = {t_sync / t_f64:.2f}×")
+    print(f"  24-bit accumulators (float32-exact, ~2^-20 precision) / f32 forward = {t_sync24 / t_f32:.2f}×")
+    return {"name": name, "t_f32": t_f32, "t_sync24": t_sync24, "t_f64": t_f64, "t_sync": t_sync, "t_stream": t_stream,
+            "t_sinabs": t_sinabs, "t_sinabs_barrier": t_sinabs_b}
+
+
+def main() -> None:
+    t = time.perf_counter()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    # warm up the numba kernels (compiled once, cached on disk)
+    small = DigitsConvNet()
+    xs = digits_like_input(4)
+    qs = quantize_fixed_point(canonicalize(to_graph(small)), calibration=xs)
+    simulate(qs, xs)
+    simulate(qs, xs, schedule="streaming")
+    bench("digits conv net (demo size)", DigitsConvNet(), digits_like_input(1024), D=4, repeat=7)
+    bench("large conv net", LargeConvNet(), image_input(32), D=4, repeat=5)
+    print(f"\ntotal benchmark time {time.perf_counter() - t:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

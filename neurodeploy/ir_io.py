@@ -1,0 +1,124 @@
+"""IR serialisation: one deterministic ``.npz`` holding every array plus the graph as JSON.
+
+``save_graph(graph, path)`` writes a zip (numpy ``.npz`` layout) whose entries are, in sorted order,
+``graph.json`` (nodes in order with their scalar fields, edges, metadata; arrays referenced by
+entry name) and one ``.npy`` per array (``<node>/<field>.npy``). Entries have a fixed timestamp and
+permissions, so the same graph always gives the same bytes. ``numpy.load`` can read the arrays
+directly; :func:`load_graph` rebuilds the :class:`~neurodeploy.ir.Graph`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from . import ir
+from .artifacts import _jsonable, atomic_write
+from .errors import LoadError
+
+FORMAT = "neurodeploy-ir"
+VERSION = 1
+_DATE = (1980, 1, 1, 0, 0, 0)
+_TUPLE_FIELDS = {"shape", "input_shape", "target_shape", "stride", "padding", "dilation", "kernel"}
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _jsonify(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonify(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonify(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def graph_to_dict(graph: ir.Graph) -> tuple[dict, dict[str, np.ndarray]]:
+    """JSON-able description of ``graph`` and its arrays (entry name -> array)."""
+    arrays: dict[str, np.ndarray] = {}
+    nodes = []
+    for name, node in graph.nodes.items():
+        fields = {}
+        for k, v in ir.node_fields(node).items():
+            if isinstance(v, np.ndarray):
+                key = f"{name}/{k}.npy"
+                arrays[key] = v
+                fields[k] = {"__array__": key, "dtype": str(v.dtype), "shape": list(v.shape)}
+            else:
+                fields[k] = _jsonify(v)
+        nodes.append({"name": name, "kind": node.kind, "fields": fields})
+    desc = {"format": FORMAT, "version": VERSION, "nodes": nodes,
+            "edges": [list(e) for e in graph.edges], "metadata": _jsonify(graph.metadata)}
+    return desc, arrays
+
+
+def graph_to_bytes(graph: ir.Graph) -> bytes:
+    desc, arrays = graph_to_dict(graph)
+    text = json.dumps(desc, indent=1, sort_keys=True, default=_jsonable) + "\n"
+    entries = {"graph.json": text.encode()}
+    entries.update({k: _npy_bytes(a) for k, a in arrays.items()})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            info.create_system = 3
+            zf.writestr(info, entries[name], compresslevel=6)
+    return buf.getvalue()
+
+
+def save_graph(graph: ir.Graph, path) -> Path:
+    """Write ``graph`` to ``path`` (an ``.npz``) atomically and deterministically."""
+    return atomic_write(path, graph_to_bytes(graph))
+
+
+def _restore(v, arrays, key):
+    if isinstance(v, dict) and "__array__" in v:
+        return arrays[v["__array__"]]
+    if key in _TUPLE_FIELDS and isinstance(v, list):
+        return tuple(v)
+    return v
+
+
+def graph_from_bytes(data: bytes) -> ir.Graph:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            desc = json.loads(zf.read("graph.json"))
+            arrays = {n: np.lib.format.read_array(io.BytesIO(zf.read(n)), allow_pickle=False)
+                      for n in zf.namelist() if n.endswith(".npy")}
+    except (zipfile.BadZipFile, KeyError, ValueError) as e:
+        raise LoadError(f"not a neurodeploy IR file: {e}", fix="pass a graph.ir.npz written by neurodeploy") from e
+    if desc.get("format") != FORMAT:
+        raise LoadError("not a neurodeploy IR file (format tag missing)")
+    g = ir.Graph(metadata=desc.get("metadata", {}))
+    for nd in desc["nodes"]:
+        cls = ir.NODE_TYPES.get(nd["kind"])
+        if cls is None:
+            raise LoadError(f"unknown node kind {nd['kind']!r}", layer=nd["name"])
+        kwargs = {k: _restore(v, arrays, k) for k, v in nd["fields"].items()}
+        g.nodes[nd["name"]] = cls(**kwargs)
+    g.edges = [tuple(e) for e in desc["edges"]]
+    return g
+
+
+def load_graph(path) -> ir.Graph:
+    """Read a graph written by :func:`save_graph`."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise LoadError(f"cannot read {path}: {e}") from e
+    return graph_from_bytes(data)

@@ -1,0 +1,500 @@
+"""Time-stepped integrate-and-fire simulator (subtractive reset, at most one spike per neuron per
+timestep, at most D spikes per neuron), batched over samples.
+
+Arithmetic: in a quantised graph (``graph.metadata['quantization']``) every value is an integer
+(inputs ``round(x·scale_q)``, ``*_q`` weights, thresholds and membranes). They are held in float64
+tensors so that PyTorch's convolutions can be used; the quantiser keeps every accumulation below
+2**52, so all sums are exact integers whatever the summation order: the simulation is
+deterministic integer arithmetic. An unquantised graph is simulated in float64 with the float
+parameters; there, membranes are kept in units of the threshold (``v = (x + v_init)/θ``), which
+makes the repeated subtraction of one threshold exact, so the sync schedule equals
+:func:`neurodeploy.ops.evaluate` bit for bit in both modes.
+
+Speed: weight layers whose inputs are small integers (spike counts, integer pixels) run as
+*limbs* on PyTorch's fast float32 convolutions: ``w_q = Σ_j w_j·2^(jk)`` with every limb's
+accumulation below 2**24 (exact in float32), all limbs in one convolution, recombined exactly in
+float64 (see ``_Exec._plan_limbs``). The IF dynamics run in fused numba kernels
+(:mod:`neurodeploy.simulator.kernels`) that still step every neuron through its timesteps.
+
+Schedules
+---------
+``sync`` (layer-synchronous): a neuron layer starts when every neuron layer upstream of it has
+finished; it receives its whole input current at its first step and steps ``D`` timesteps. The
+latency is the sum of ``D`` along the longest chain of neuron layers (``L·D`` for a plain chain).
+
+``streaming``: all layers step together. A spike fired at step ``t`` reaches the next layer's
+membrane at ``t + 1`` (one timestep per synapse); the real-valued input current and all biases
+arrive at step 0 (Prop. 1 of Yao et al.). Each neuron still fires at most ``D`` spikes. The run
+stops when no spike was fired in a step (the network is quiescent) or at ``horizon`` steps. This
+is what an asynchronous chip does without barriers; with mixed-sign weights counts deviate.
+
+Half-even rounding (``torch.round`` models) is realised in the dynamics: a neuron whose membrane
+equals the threshold *exactly* fires only if it has fired an odd number of times so far — this
+makes an exact tie ``(x + v_init)/θ = n`` fire ``n − 1`` spikes when ``n`` is odd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import ir, ops
+from ..errors import NeurodeployError
+from . import kernels
+from .kernels import HAVE_NUMBA
+
+SCHEDULES = ("sync", "streaming")
+NEAR_TIE_TOL = 1e-9
+_EMPTY = {torch.float64: np.zeros(1), torch.float32: np.zeros(1, dtype=np.float32)}
+
+
+@dataclass
+class SimResult:
+    """Result of :func:`simulate`.
+
+    ``counts``: per IF neuron layer, int64 ``[B, *shape]``. ``trains``: per layer ``[B, T, *shape]``
+    uint8 (``record_trains=True``), else None. ``outputs``: per Output node, the real-valued output
+    (dequantised; activation norms applied). ``timesteps``: steps simulated (sync: the latency).
+    ``near_ties`` (sync only): per layer, the number of neuron inputs within 1e-9·θ of a firing
+    boundary (a count that could flip under a different rounding of the same real number).
+    ``start_step`` (sync): the first timestep of each neuron layer.
+    """
+
+    counts: dict[str, np.ndarray]
+    trains: dict[str, np.ndarray] | None
+    outputs: dict[str, np.ndarray]
+    timesteps: int
+    schedule: str
+    near_ties: dict[str, int] | None = None
+    start_step: dict[str, int] = field(default_factory=dict)
+    quantized: bool = False
+
+    def total_spikes(self) -> dict[str, int]:
+        return {k: int(v.sum()) for k, v in self.counts.items()}
+
+
+# -- neuron dynamics -------------------------------------------------------------------------------
+
+def _neuron_params(node: ir.IFNeuron, quantized: bool):
+    if quantized:
+        if node.threshold_q is None:
+            raise NeurodeployError("quantised graph has an IF neuron without threshold_q", layer=node.source)
+        hi = float(2 ** (node.state_bits - 1) - 1) if node.state_bits is not None else None
+        lo = float(node.low_threshold_q) if node.low_threshold_q is not None else None
+        return float(node.threshold_q), float(node.v_init_q or 0), hi, lo
+    return 1.0, None, None, None
+
+
+def _fire(v: torch.Tensor, theta: float, count: torch.Tensor, half_even: bool) -> torch.Tensor:
+    if half_even:
+        return (v > theta) | ((v == theta) & (torch.remainder(count, 2) == 1))
+    return v >= theta
+
+
+def _if_sync(node: ir.IFNeuron, current: torch.Tensor, quantized: bool, record: bool, count_dtype=np.float64):
+    """Give the whole current at step 0, then step D timesteps. Returns (counts, train|None, near_ties)."""
+    theta, v0, hi, _ = _neuron_params(node, quantized)
+    D = int(node.max_spikes)
+    half_even = node.rounding == "half_even"
+    if HAVE_NUMBA:
+        cur = np.ascontiguousarray(current.numpy()).reshape(-1)
+        B = current.shape[0]
+        S = cur.size // max(B, 1)
+        counts = np.empty(cur.size, dtype=count_dtype)
+        train = np.zeros(B * D * S if record else 1, dtype=np.uint8)
+        add, div = (v0, 1.0) if quantized else (float(node.v_init), float(node.threshold))
+        hi_ = np.inf if hi is None else hi
+        if record:
+            near = kernels.if_sync_kernel(cur, add, div, hi_, theta, D, half_even, NEAR_TIE_TOL, counts, train,
+                                          record, S)
+        else:
+            near = kernels.if_sync_kernel_blocked(cur, add, div, hi_, theta, D, half_even, NEAR_TIE_TOL, counts)
+        c = torch.from_numpy(counts.reshape(current.shape))
+        tr = torch.from_numpy(train.reshape((B, D) + tuple(current.shape[1:]))) if record else None
+        return c, tr, int(near)
+    if quantized:
+        v = current + v0
+        if hi is not None:
+            v = v.clamp(max=hi)
+    else:
+        v = (current + node.v_init) / node.threshold
+    # near ties: the starting membrane (in threshold units) within NEAR_TIE_TOL of a firing boundary
+    u = v * (1.0 / theta)
+    r = torch.floor(u + 0.5)
+    near = int((((u - r).abs() < NEAR_TIE_TOL) & (r >= 1) & (r <= D)).sum())
+    count = torch.zeros_like(v)
+    train = [] if record else None
+    for _ in range(D):
+        s = _fire(v, theta, count, half_even).to(v.dtype)
+        count += s
+        v -= s * theta
+        if record:
+            train.append(s.to(torch.uint8))
+    return count, (torch.stack(train, 1) if record else None), near
+
+
+# -- graph walking ---------------------------------------------------------------------------------
+
+class _Exec:
+    """Weight tensors converted once, in the simulation dtype: float64, or float32 when the
+    quantiser bounded every accumulation below 2**24 (then float32 sums are exact too)."""
+
+    def __init__(self, graph: ir.Graph, quantized: bool):
+        q = graph.metadata.get("quantization") or {}
+        self.quantized = quantized
+        self.dtype = (torch.float32 if quantized and int(q.get("accumulation_limit", 2 ** 52)) <= 2 ** 24
+                      else torch.float64)
+        self.w, self.b = {}, {}
+        for n in graph.of_type(*ir.WEIGHT_NODES):
+            node = graph.nodes[n]
+            w, b = (node.weight_q, node.bias_q) if quantized else (node.weight, node.bias)
+            if w is None:
+                raise NeurodeployError("weight layer has no quantised weights", layer=node.source or n,
+                                       fix="run the target's quantize first")
+            self.w[n] = torch.as_tensor(np.asarray(w), dtype=self.dtype)
+            self.b[n] = None if b is None else torch.as_tensor(np.asarray(b), dtype=self.dtype)
+        self.limbs: dict[str, tuple] = {}
+        if quantized and self.dtype == torch.float64 and q.get("input_bound_int") is not None:
+            self._plan_limbs(graph, int(q["input_bound_int"]))
+        # spike counts (<= D) are exact in float32; limb layers read float32, others convert
+        self.count_dtype = np.float32 if (self.limbs or self.dtype == torch.float32) else np.float64
+
+    # Exact integer convolutions on float32 hardware paths: a weight layer whose inputs are small
+    # integers (spike counts) is split into L weight "limbs" of k bits, w = Σ_j w_j·2^(jk), chosen so
+    # that every limb's accumulation max_o Σ|w_j[o]|·max|x| stays below 2**24: each limb's float32
+    # convolution is then exact, and the float64 recombination Σ_j y_j·2^(jk) is exact too (every
+    # partial sum is an integer bounded by Σ|w|·max|x| < 2**52). All limbs run as one convolution.
+    def _plan_limbs(self, graph: ir.Graph, in_bound: int, max_limbs: int = 5) -> None:
+        from ..passes.quantize import _int_bounds
+
+        try:
+            bounds, _ = _int_bounds(graph, in_bound)
+        except Exception:  # pragma: no cover - incomplete quantisation: stay on float64
+            return
+        for n in graph.of_type(*ir.WEIGHT_NODES):
+            node = graph.nodes[n]
+            bx = bounds[graph.inputs_of(n)[0]]
+            wq = np.asarray(node.weight_q, dtype=np.int64)
+            if bx <= 0 or not wq.size:
+                continue
+            mag, sign = np.abs(wq), np.sign(wq)
+            top = int(mag.max()).bit_length()
+            fan = int(np.prod(wq.shape[1:]))
+            k_safe = max(4, int(np.floor(np.log2(2 ** 24 / (bx * fan + 1)))))  # always passes the check
+            for k in range(min(23, k_safe + 6), 3, -1):
+                L = max(1, -(-top // k))
+                if L > max_limbs:
+                    break
+                parts = [sign * ((mag >> (j * k)) & ((1 << k) - 1)) for j in range(L)]
+                worst = max(int(np.abs(p).reshape(p.shape[0], -1).sum(1).max()) for p in parts)
+                if worst * bx < 2 ** 24:
+                    self.limbs[n] = self._stack(node, parts, k)
+                    break
+
+    @staticmethod
+    def _stack(node, parts: list, k: int):
+        L = len(parts)
+        g = getattr(node, "groups", 1)
+        W = np.stack(parts, 0)  # [L, O, ...]
+        O, tail = W.shape[1], W.shape[2:]
+        # order output channels as [group, limb, O/g] so that grouped convolutions stay grouped
+        W = W.reshape((L, g, O // g) + tail).swapaxes(0, 1).reshape((L * O,) + tail)
+        pw = torch.tensor([float(2 ** (j * k)) for j in range(L)], dtype=torch.float64)
+        return torch.as_tensor(W, dtype=torch.float32), pw, L, g, O
+
+    def _lin_limbs(self, name: str, node, x: torch.Tensor, with_bias: bool) -> torch.Tensor:
+        W, pw, L, g, O = self.limbs[name]
+        xf = x.to(torch.float32)
+        if isinstance(node, ir.Conv2d):
+            y = F.conv2d(xf, W, None, node.stride, node.padding, node.dilation, node.groups)
+        elif isinstance(node, ir.Conv1d):
+            y = F.conv1d(xf, W, None, node.stride, node.padding, node.dilation, node.groups)
+        else:
+            y = F.linear(xf, W)
+        b = self.b[name]
+        has_b = bool(with_bias and b is not None)
+        bias = b.numpy() if b is not None else _EMPTY[torch.float64]
+        if isinstance(node, ir.Linear):
+            lead = tuple(y.shape[:-1])
+            R, S, gg = int(np.prod(lead)), 1, 1
+            yv = y.reshape(R, L, O)
+        else:
+            lead, sp = (y.shape[0],), tuple(y.shape[2:])
+            S = int(np.prod(sp))
+            gg = g
+            yv = y.reshape(y.shape[0] * g, L, (O // g) * S)
+        out = np.empty((yv.shape[0], yv.shape[2]), dtype=np.float64)
+        kernels.recombine_limbs(np.ascontiguousarray(yv.numpy()), pw.numpy(), bias, has_b, S, out)
+        if isinstance(node, ir.Linear):
+            return torch.from_numpy(out.reshape(lead + (O,)))
+        return torch.from_numpy(out.reshape(lead + (O,) + sp))
+
+    def lin(self, name: str, node, ins: list, with_bias: bool = True) -> torch.Tensor:
+        x = ins[0] if ins else None
+        if name in self.limbs:
+            return self._lin_limbs(name, node, x, with_bias)
+        if isinstance(node, ir.WEIGHT_NODES) and x.dtype != self.dtype:
+            x = x.to(self.dtype)
+        if isinstance(node, ir.Conv2d):
+            return F.conv2d(x, self.w[name], self.b[name] if with_bias else None, node.stride, node.padding,
+                            node.dilation, node.groups)
+        if isinstance(node, ir.Conv1d):
+            return F.conv1d(x, self.w[name], self.b[name] if with_bias else None, node.stride, node.padding,
+                            node.dilation, node.groups)
+        if isinstance(node, ir.Linear):
+            return F.linear(x, self.w[name], self.b[name] if with_bias else None)
+        if self.quantized and isinstance(node, ir.SumPool2d) and not isinstance(node, ir.AvgPool2d):
+            # exact integer window sums (equal to ops' round(avg·k) below 2**51)
+            return F.avg_pool2d(x, node.kernel, node.stride, node.padding, count_include_pad=True,
+                                divisor_override=1)
+        return ops.linear_op(node, ins, self.quantized)  # pools/flatten/reshape/add keep the dtype
+
+
+def _prepare_input(graph: ir.Graph, x) -> np.ndarray:
+    ins = graph.input_names()
+    if len(ins) != 1:
+        raise NeurodeployError(f"the simulator supports graphs with one Input, got {len(ins)}")
+    node = graph.nodes[ins[0]]
+    x = np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    shape = tuple(node.input_shape)
+    if x.shape == shape:
+        x = x[None]
+    if tuple(x.shape[1:]) != shape:
+        raise NeurodeployError(f"input batch has per-sample shape {tuple(x.shape[1:])}, graph expects {shape}",
+                               layer=node.source or ins[0], fix="pass x as [batch, *input_shape]")
+    q = graph.metadata.get("quantization") or {}
+    rng = q.get("input_range")
+    if q and rng is not None and x.size and float(np.max(np.abs(x))) > rng:
+        raise NeurodeployError(
+            f"input magnitude {float(np.max(np.abs(x))):g} exceeds the range {rng:g} the program was "
+            "quantised for (exact integer arithmetic is only guaranteed inside it)",
+            layer=node.source or ins[0], fix="re-quantise with input_range >= max |x| (or calibration data)")
+    return x
+
+
+def _output_factor(graph: ir.Graph, out: str, quantized: bool) -> float:
+    q = graph.metadata.get("quantization") or {}
+    if quantized and "output_dequant" in q:
+        return float(q["output_dequant"].get(out, 1.0))
+    return float((graph.metadata.get("output_scales") or {}).get(out, 1.0))
+
+
+def _sync(graph: ir.Graph, x: torch.Tensor, quantized: bool, record: bool, ex: _Exec):
+    values: dict[str, torch.Tensor] = {}
+    ready: dict[str, int] = {}
+    start: dict[str, int] = {}
+    counts, trains, near = {}, {}, {}
+    order = graph.topo_order()
+    for name in order:
+        node = graph.nodes[name]
+        in_names = graph.inputs_of(name)
+        if isinstance(node, ir.Input):
+            values[name] = ops.quantize_input(node, x, quantized).to(ex.dtype)
+            ready[name] = 0
+            continue
+        ins = [ops.neuron_output(graph.nodes[i], values[i], quantized) if isinstance(graph.nodes[i], ir.IFNeuron)
+               else values[i] for i in in_names]
+        t0 = max(ready[i] for i in in_names)
+        if isinstance(node, ir.IFNeuron):
+            start[name] = t0
+            c, tr, nt = _if_sync(node, ins[0], quantized, record, ex.count_dtype)
+            values[name], counts[name], near[name] = c, c, nt
+            if record:
+                trains[name] = tr
+            ready[name] = t0 + node.max_spikes
+        else:
+            values[name] = ex.lin(name, node, ins)
+            ready[name] = t0
+    T = max([ready[n] for n in order] + [0])
+    outs = {o: values[o] for o in graph.output_names()}
+    if record:  # place each layer's D steps at its start step
+        full = {}
+        for n, tr in trains.items():
+            buf = torch.zeros((tr.shape[0], T) + tuple(tr.shape[2:]), dtype=torch.uint8)
+            buf[:, start[n]:start[n] + tr.shape[1]] = tr
+            full[n] = buf
+        trains = full
+    return counts, (trains if record else None), outs, T, near, start
+
+
+def _linear_step(ex: _Exec, node, name: str, ins: list, with_bias: bool):
+    """Apply a non-neuron node to possibly-zero (None) inputs; biases only when ``with_bias``."""
+    live = [v for v in ins if v is not None]
+    if isinstance(node, ir.WEIGHT_NODES):
+        has_bias = ex.b[name] is not None
+        if not live:
+            if not (with_bias and has_bias):
+                return None
+            raise _NeedZeros()
+        return ex.lin(name, node, ins, with_bias)
+    if isinstance(node, ir.BatchNorm):
+        raise NeurodeployError("BatchNorm in a streaming simulation", layer=node.source or name,
+                               fix="canonicalise the graph first (passes.canonicalize)")
+    if not live:
+        return None
+    if isinstance(node, ir.Add):
+        out = live[0]
+        for o in live[1:]:
+            out = out + o
+        return out
+    return ex.lin(name, node, ins)
+
+
+class _NeedZeros(Exception):
+    pass
+
+
+def _streaming(graph: ir.Graph, x: torch.Tensor, quantized: bool, record: bool, horizon: int | None, ex: _Exec):
+    order = graph.topo_order()
+    B = x.shape[0]
+    neurons = [n for n in order if isinstance(graph.nodes[n], ir.IFNeuron)]
+    ir.infer_shapes(graph) if any(graph.nodes[n].shape is None for n in order) else None
+    v = {n: None for n in neurons}
+    count = {n: torch.zeros((B,) + tuple(graph.nodes[n].shape), dtype=ex.dtype) for n in neurons}
+    prev = {n: None for n in neurons}  # spikes of the previous step (None: none)
+    outs = {o: None for o in graph.output_names()}
+    trains = {n: [] for n in neurons} if record else None
+    params = {n: _neuron_params(graph.nodes[n], quantized) for n in neurons}
+    spike_buf = {n: torch.zeros_like(count[n]) for n in neurons}
+    total_d = sum(graph.nodes[n].max_spikes for n in neurons)
+    cap = horizon if horizon is not None else 4 * total_d + 16
+    xin = ops.quantize_input(graph.nodes[graph.input_names()[0]], x, quantized).to(ex.dtype)
+    t = 0
+    while t < cap:
+        vals: dict[str, torch.Tensor | None] = {}
+        for name in order:
+            node = graph.nodes[name]
+            if isinstance(node, ir.Input):
+                vals[name] = xin if t == 0 else None
+            elif isinstance(node, ir.IFNeuron):
+                p = prev[name]
+                vals[name] = None if p is None else ops.neuron_output(node, p, quantized)
+            else:
+                ins = [vals[i] for i in graph.inputs_of(name)]
+                try:
+                    vals[name] = _linear_step(ex, node, name, ins, t == 0)
+                except _NeedZeros:
+                    shp = (B,) + tuple(graph.nodes[graph.inputs_of(name)[0]].shape)
+                    vals[name] = _linear_step(ex, node, name, [torch.zeros(shp, dtype=ex.dtype)], True)
+        any_spike = False
+        for n in neurons:
+            node = graph.nodes[n]
+            theta, v0, hi, lo = params[n]
+            cur = vals[graph.inputs_of(n)[0]]
+            if t == 0:  # input current and biases arrive; same formula as the sync schedule
+                if quantized:
+                    vv = torch.full_like(count[n], v0)
+                    if cur is not None:
+                        vv = vv + cur
+                else:
+                    vv = ((cur if cur is not None else torch.zeros_like(count[n])) + node.v_init) / node.threshold
+                vv = vv.contiguous()
+                cur = None
+            else:
+                vv = v[n]
+            D = int(node.max_spikes)
+            half_even = node.rounding == "half_even"
+            if HAVE_NUMBA:
+                sp = spike_buf[n]
+                c = cur.contiguous().numpy().reshape(-1) if cur is not None else _EMPTY[ex.dtype]
+                k = kernels.if_stream_kernel(vv.numpy().reshape(-1), c, cur is not None,
+                                             1.0 if quantized else float(node.threshold),
+                                             count[n].numpy().reshape(-1), sp.numpy().reshape(-1), theta, D,
+                                             half_even, np.inf if hi is None else hi, -np.inf if lo is None else lo)
+                s = sp.to(torch.bool) if record else None
+                if k:
+                    any_spike = True
+                    prev[n] = sp.clone()
+                else:
+                    prev[n] = None
+            else:
+                if cur is not None:
+                    vv = vv + (cur if quantized else cur / node.threshold)
+                if hi is not None:
+                    vv = vv.clamp(max=hi)
+                if lo is not None:
+                    vv = vv.clamp(min=lo)
+                s = _fire(vv, theta, count[n], half_even) & (count[n] < D)
+                if bool(s.any()):
+                    any_spike = True
+                    sf = s.to(ex.dtype)
+                    count[n] += sf
+                    vv = vv - sf * theta
+                    prev[n] = sf
+                else:
+                    prev[n] = None
+            v[n] = vv
+            if record:
+                trains[n].append(s.to(torch.uint8))
+        for o in outs:
+            if vals[o] is not None:
+                outs[o] = vals[o] if outs[o] is None else outs[o] + vals[o]
+        t += 1
+        if horizon is None and not any_spike:
+            break
+    for o in outs:
+        if outs[o] is None:
+            shp = (B,) + tuple(graph.nodes[o].shape)
+            outs[o] = torch.zeros(shp, dtype=ex.dtype)
+    tr = {n: torch.stack(trains[n], 1) for n in neurons} if record else None
+    return count, tr, outs, t
+
+
+def simulate(graph: ir.Graph, x, *, schedule: str = "sync", record_trains: bool = False,
+             batch_size: int | None = None, progress: bool = False, horizon: int | None = None) -> SimResult:
+    """Time-stepped IF simulation of ``graph`` on the batch ``x`` (``[B, *input_shape]``).
+
+    ``schedule``: ``'sync'`` (layer-synchronous, equals :func:`neurodeploy.ops.evaluate` exactly) or
+    ``'streaming'`` (all layers at once, one timestep per synapse). ``batch_size``: simulate in
+    chunks of that many samples. ``horizon`` (streaming): run exactly that many steps instead of
+    stopping when quiescent.
+    """
+    if schedule not in SCHEDULES:
+        raise NeurodeployError(f"unknown schedule {schedule!r}", fix=f"use one of {', '.join(SCHEDULES)}")
+    graph.validate()
+    if any(n.shape is None for n in graph.nodes.values()):
+        graph = ir.infer_shapes(graph.copy())
+    quantized = graph.is_quantized
+    xs = _prepare_input(graph, x)
+    B = xs.shape[0]
+    bs = B if not batch_size else int(batch_size)
+    chunks = range(0, max(B, 1), max(bs, 1))
+    if progress:
+        from tqdm import tqdm
+        chunks = tqdm(chunks, desc=f"simulate ({schedule})", unit="batch")
+    parts = []
+    ex = _Exec(graph, quantized)
+    with torch.inference_mode():
+        for i in chunks:
+            xb = torch.as_tensor(xs[i:i + bs], dtype=ops.DTYPE)
+            if schedule == "sync":
+                parts.append(_sync(graph, xb, quantized, record_trains, ex))
+            else:
+                parts.append(_streaming(graph, xb, quantized, record_trains, horizon, ex))
+    neurons = graph.neurons()
+    counts = {n: np.concatenate([p[0][n].numpy() for p in parts]).astype(np.int64) for n in neurons}
+    T = max(p[3] for p in parts)
+    trains = None
+    if record_trains:
+        trains = {}
+        for n in neurons:
+            arrs = []
+            for p in parts:
+                a = p[1][n].numpy()
+                if a.shape[1] < T:  # streaming chunks may stop at different steps
+                    pad = np.zeros((a.shape[0], T - a.shape[1]) + a.shape[2:], dtype=np.uint8)
+                    a = np.concatenate([a, pad], 1)
+                arrs.append(a)
+            trains[n] = np.concatenate(arrs)
+    outputs = {o: np.concatenate([p[2][o].numpy() for p in parts]).astype(np.float64) * _output_factor(graph, o, quantized)
+               for o in graph.output_names()}
+    near = None
+    start = {}
+    if schedule == "sync":
+        near = {n: int(sum(p[4][n] for p in parts)) for n in neurons}
+        start = dict(parts[0][5]) if parts else {}
+    return SimResult(counts=counts, trains=trains, outputs=outputs, timesteps=int(T), schedule=schedule,
+                     near_ties=near, start_step=start, quantized=quantized)

@@ -1,0 +1,246 @@
+"""Time-stepped simulator (sync == ops.evaluate exactly; streaming shows the real deviation) and the
+sim target (quantise, emit deterministic program, simulate)."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from neurodeploy import ir, ops
+from neurodeploy.errors import NeurodeployError
+from neurodeploy.ir_io import load_graph, save_graph
+from neurodeploy.passes import canonicalize, quantize_fixed_point
+from neurodeploy.simulator import SimResult, simulate
+from neurodeploy.simulator.random_graphs import random_conv_graph, random_input
+from neurodeploy.targets import get_target
+
+
+def _assert_counts_equal(res: SimResult, ref: dict, graph):
+    for n in graph.neurons():
+        np.testing.assert_array_equal(res.counts[n], ref[n].numpy().astype(np.int64), err_msg=n)
+
+
+CASES = [(0, False, 1.0), (1, True, 1.0), (2, False, 3.0), (3, True, 2.0), (4, False, 0.3)]
+
+
+@pytest.mark.parametrize("seed,integer,scale", CASES)
+def test_sync_equals_closed_form_float_and_quantized(seed, integer, scale):
+    # residual Adds, depthwise conv, sum-pool, mixed-sign (negative) currents, half-even/half-up,
+    # D in {1,2,4,8}; large inputs (scale 3) clip at D, integer weights give exact ties
+    g = random_conv_graph(seed, integer_weights=integer)
+    x = random_input(g, 12, seed, scale=scale, integer=integer)
+    res = simulate(g, x)
+    _assert_counts_equal(res, ops.evaluate(g, x), g)
+    q = quantize_fixed_point(canonicalize(g), calibration=x)
+    resq = simulate(q, x)
+    _assert_counts_equal(resq, ops.evaluate(q, x), q)
+    # the integer program reproduces the float model's counts (no near-ties in these data)
+    for n in g.neurons():
+        np.testing.assert_array_equal(resq.counts[n], res.counts[n])
+
+
+def test_sync_clipping_and_negative_currents_exercised():
+    g = random_conv_graph(2)
+    x = random_input(g, 12, 2, scale=3.0)
+    res = simulate(g, x)
+    D = {n: g.nodes[n].max_spikes for n in g.neurons()}
+    assert any((res.counts[n] == D[n]).any() for n in g.neurons())
+    assert all((res.counts[n] == 0).any() for n in g.neurons())
+    cur = ops.evaluate(g, x)["c2"]
+    assert (cur < 0).any()
+
+
+@pytest.mark.parametrize("rounding", ["half_up", "half_even", "floor"])
+def test_single_neuron_ties(rounding):
+    g = ir.Graph()
+    g.add("x", ir.Input(input_shape=(1,)))
+    v0 = 0.0 if rounding == "floor" else 0.5
+    g.add("n", ir.IFNeuron(threshold=1.0, v_init=v0, max_spikes=4, rounding=rounding), "x")
+    g.add("out", ir.Output(), "n")
+    x = np.arange(-2, 12).reshape(-1, 1) / 2.0  # -1, -0.5, 0, 0.5, ..., 5.5 (exact ties)
+    res = simulate(g, x, record_trains=True)
+    if rounding == "half_up":
+        expect = np.clip(np.floor(x + 0.5), 0, 4)
+    elif rounding == "half_even":
+        expect = np.clip(np.round(x), 0, 4)  # numpy rounds half to even, as torch.round
+    else:
+        expect = np.clip(np.floor(x), 0, 4)
+    np.testing.assert_array_equal(res.counts["n"], expect.astype(np.int64))
+    _assert_counts_equal(res, ops.evaluate(g, x), g)
+    q = quantize_fixed_point(g, calibration=x)
+    np.testing.assert_array_equal(simulate(q, x).counts["n"], expect.astype(np.int64))
+    if rounding != "floor":
+        assert simulate(q, x).near_ties["n"] > 0
+
+
+def test_trains_timing_and_latency():
+    g = random_conv_graph(1)
+    x = random_input(g, 6, 1)
+    res = simulate(g, x, record_trains=True)
+    assert res.schedule == "sync"
+    plain = simulate(g, x)  # the blocked kernel (no trains) steps identically
+    for n in g.neurons():
+        np.testing.assert_array_equal(plain.counts[n], res.counts[n])
+    # latency: sum of D along the longest neuron chain (n1 -> n2a -> n2 -> n4 -> n5)
+    chain = ["n1", "n2a", "n2", "n4", "n5"]
+    assert res.timesteps == sum(g.nodes[n].max_spikes for n in chain)
+    t = 0
+    for n in chain:
+        assert res.start_step[n] == t
+        tr = res.trains[n]
+        assert tr.dtype == np.uint8 and tr.shape == (6, res.timesteps) + g.nodes[n].shape
+        assert tr.max() <= 1
+        np.testing.assert_array_equal(tr.sum(1), res.counts[n])
+        D = g.nodes[n].max_spikes
+        assert tr[:, :t].sum() == 0 and tr[:, t + D:].sum() == 0  # fires only inside its window
+        t += D
+
+
+def test_batching_and_input_checks():
+    g = random_conv_graph(0)
+    x = random_input(g, 10, 0)
+    a = simulate(g, x)
+    b = simulate(g, x, batch_size=3, schedule="sync")
+    for n in g.neurons():
+        np.testing.assert_array_equal(a.counts[n], b.counts[n])
+    s1 = simulate(g, x, schedule="streaming")
+    s2 = simulate(g, x, schedule="streaming", batch_size=4, record_trains=True)
+    for n in g.neurons():
+        np.testing.assert_array_equal(s1.counts[n], s2.counts[n])
+    with pytest.raises(NeurodeployError):
+        simulate(g, x, schedule="async")
+    with pytest.raises(NeurodeployError):
+        simulate(g, x[:, :, :4])
+    q = quantize_fixed_point(canonicalize(g), input_range=1.0)
+    with pytest.raises(NeurodeployError, match="range"):
+        simulate(q, x * 10)
+
+
+def test_outputs_dequantised():
+    g = random_conv_graph(0, head=False)  # the Output reads n4's counts
+    x = random_input(g, 5, 0)
+    q = quantize_fixed_point(canonicalize(g), calibration=x)
+    r = simulate(q, x)
+    np.testing.assert_array_equal(r.outputs["out"], r.counts["n4"].astype(np.float64))
+
+
+def test_streaming_layer1_exact_and_budget():
+    g = random_conv_graph(3)
+    x = random_input(g, 8, 3, scale=2.0)
+    q = quantize_fixed_point(canonicalize(g), calibration=x)
+    sync = simulate(q, x)
+    st = simulate(q, x, schedule="streaming", record_trains=True)
+    assert st.schedule == "streaming" and st.near_ties is None
+    np.testing.assert_array_equal(st.counts["n1"], sync.counts["n1"])  # Prop. 1: all input at step 0
+    for n in q.neurons():
+        tr = st.trains[n]
+        assert tr.max() <= 1  # one spike per neuron per timestep
+        np.testing.assert_array_equal(tr.sum(1), st.counts[n])
+        assert st.counts[n].max() <= q.nodes[n].max_spikes
+    # quiescent at the end: a fixed horizon beyond it changes nothing
+    longer = simulate(q, x, schedule="streaming", horizon=st.timesteps + 5)
+    for n in q.neurons():
+        np.testing.assert_array_equal(longer.counts[n], st.counts[n])
+    # mixed-sign weights: the deeper layers deviate from the layer-synchronous counts
+    dev = np.mean(st.counts["n2"] != sync.counts["n2"])
+    assert 0.01 < dev < 0.6
+
+
+def test_streaming_one_step_per_synapse():
+    g = ir.Graph()
+    g.add("x", ir.Input(input_shape=(1,)))
+    g.add("l1", ir.Linear(weight=np.array([[1.0]]), bias=None), "x")
+    g.add("n1", ir.IFNeuron(threshold=1.0, v_init=0.5, max_spikes=4), "l1")
+    g.add("l2", ir.Linear(weight=np.array([[1.0]]), bias=None), "n1")
+    g.add("n2", ir.IFNeuron(threshold=1.0, v_init=0.5, max_spikes=4), "l2")
+    g.add("out", ir.Output(), "n2")
+    x = np.array([[3.2]])
+    st = simulate(g, x, schedule="streaming", record_trains=True)
+    np.testing.assert_array_equal(st.trains["n1"][0, :, 0][:4], [1, 1, 1, 0])
+    np.testing.assert_array_equal(st.trains["n2"][0, :, 0][:5], [0, 1, 1, 1, 0])  # one step later
+    sy = simulate(g, x, record_trains=True)
+    assert sy.timesteps == 8
+    np.testing.assert_array_equal(sy.trains["n2"][0, :, 0], [0, 0, 0, 0, 1, 1, 1, 0])
+
+
+def test_streaming_equals_sync_without_negative_weights():
+    g = random_conv_graph(5)
+    for n in g.of_type(*ir.WEIGHT_NODES):
+        g.nodes[n].weight = np.abs(g.nodes[n].weight)
+        if g.nodes[n].bias is not None:
+            g.nodes[n].bias = np.abs(g.nodes[n].bias)
+    x = np.abs(random_input(g, 6, 5))
+    q = quantize_fixed_point(canonicalize(g), calibration=x)
+    a, b = simulate(q, x), simulate(q, x, schedule="streaming")
+    for n in q.neurons():
+        np.testing.assert_array_equal(a.counts[n], b.counts[n])
+
+
+def test_float32_program_exact():
+    g = canonicalize(random_conv_graph(1))
+    x = random_input(g, 8, 1)
+    q = quantize_fixed_point(g, calibration=x, accumulator_bits=24)
+    _assert_counts_equal(simulate(q, x), ops.evaluate(q, x), q)
+
+
+def test_sim_target_emit_deterministic_and_roundtrip(tmp_path):
+    t = get_target("sim")
+    g = canonicalize(random_conv_graph(2))
+    x = random_input(g, 6, 2)
+    assert t.check(g) == []
+    q = t.quantize(g, calibration=x)
+    q2 = t.quantize(g, calibration=x)
+    hashes = []
+    for i, qq in enumerate((q, q2)):
+        arts = t.emit(qq, tmp_path / f"o{i}", mapping={})
+        assert set(arts) == {"sim_program", "sim_program_description"}
+        hashes.append({k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in arts.items()})
+    assert hashes[0] == hashes[1]
+    back = load_graph(tmp_path / "o0" / "sim_program.npz")
+    assert back.is_quantized and list(back.nodes) == list(q.nodes) and back.edges == q.edges
+    a, b = t.simulate(q, x), t.simulate(back, x, schedule="sync")
+    for n in q.neurons():
+        np.testing.assert_array_equal(a.counts[n], b.counts[n])
+    # numpy can read the arrays directly
+    with np.load(tmp_path / "o0" / "sim_program.npz") as z:
+        assert "c1/weight_q.npy" in z.files or any(f.startswith("c1/") for f in z.files)
+    p = save_graph(q, tmp_path / "g.npz")
+    assert p.read_bytes() == (tmp_path / "o0" / "sim_program.npz").read_bytes()
+
+
+def test_sim_target_check_reports_non_canonical():
+    g = random_conv_graph(0)
+    g.add("ap", ir.AvgPool2d(kernel=2, source="m.pool"), "n4")
+    g.add("o2", ir.Output(), "ap")
+    v = get_target("sim").check(g)
+    assert len(v) == 1 and "m.pool" in v[0]
+    with pytest.raises(NeurodeployError):
+        get_target("sim").emit(g, "/tmp/never")
+
+
+def test_conv1d_reshape_linear_chain_and_grouped_conv1d():
+    rng = np.random.default_rng(7)
+    g = ir.Graph()
+    g.add("x", ir.Input(input_shape=(2, 4, 4)))
+    g.add("c", ir.Conv2d(weight=rng.normal(size=(4, 2, 3, 3)), bias=rng.normal(size=4) * 0.3, padding=1), "x")
+    g.add("n", ir.IFNeuron(threshold=1.0, v_init=0.5, max_spikes=4, rounding="half_even"), "c")
+    g.add("r", ir.Reshape(target_shape=(4, 16)), "n")
+    g.add("c1", ir.Conv1d(weight=rng.normal(size=(4, 2, 3)) * 0.5, bias=None, padding=1, groups=2), "r")
+    g.add("lin_chain", ir.Conv1d(weight=rng.normal(size=(6, 4, 1)) * 0.5, bias=rng.normal(size=6)), "c1")
+    g.add("n1", ir.IFNeuron(threshold=0.5, v_init=0.25, max_spikes=2), "lin_chain")  # conv -> conv chain
+    g.add("f", ir.Flatten(), "n1")
+    g.add("fc", ir.Linear(weight=rng.normal(size=(5, 96)) * 0.3, bias=rng.normal(size=5)), "f")
+    g.add("n2", ir.IFNeuron(threshold=1.0, v_init=0.5, max_spikes=8), "fc")
+    g.add("out", ir.Output(), "n2")
+    ir.infer_shapes(g)
+    x = rng.normal(size=(16, 2, 4, 4)) * 2
+    _assert_counts_equal(simulate(g, x), ops.evaluate(g, x), g)
+    q = quantize_fixed_point(canonicalize(g), calibration=x)
+    r = simulate(q, x)
+    _assert_counts_equal(r, ops.evaluate(q, x), q)
+    f = ops.evaluate(g, x)
+    for n in g.neurons():
+        np.testing.assert_array_equal(r.counts[n], f[n].numpy())  # conv->conv chain keeps precision too
+    st = simulate(q, x, schedule="streaming")
+    np.testing.assert_array_equal(st.counts["n"], r.counts["n"])
