@@ -166,26 +166,67 @@ def run_profile(graph: ir.Graph, x, *, energy: dict | None = None, schedule: str
     return _profile(graph, values, **(energy or {}))
 
 
+# Which schedules each target simulates in verify, and which must equal the model exactly.
+TARGET_SCHEDULES = {"sim": ("sync", "streaming"), "speck": ("sync", "speck"), "loihi": ("sync",)}
+REQUIRED_EXACT = {"sim": ("sync",), "speck": (), "loihi": ()}
+
+
 def verify_prepared(prepared: Prepared, quantized: ir.Graph, dataset: Dataset, *, target: str = "sim",
-                    schedules: tuple[str, ...] = ("sync", "streaming"), progress: bool = False):
-    """Compare the model's own PyTorch forward with the target simulation, layer by layer."""
+                    schedules: tuple[str, ...] | None = None, runtime: str = "sim", progress: bool = False):
+    """Compare the model's own PyTorch forward with the target simulation, layer by layer.
+
+    sim: the layer-synchronous schedule must be exact; streaming is reported. speck: the quantised
+    layer barrier and the chip's asynchronous rules are reported, with the causes of deviation
+    separated (the Speck ladder). loihi: the Loihi fixed-point simulation is reported; with
+    ``runtime='lava'`` the .net file also runs in Lava's fixed-point CPU model and must equal the
+    simulator exactly (counts and spike times).
+    """
     from .converters.capture import capture_counts
     from .targets import get_target
-    from .verify import build_report
+    from .verify import ExtraCheck, build_report
 
     if prepared.module is None:
         raise NeurodeployError("verify needs the PyTorch model (checkpoint + --arch, TorchScript or exported "
                                "program); a NIR/ONNX file has no forward of its own",
                                fix="verify against the model file the NIR/ONNX was made from")
+    if runtime == "lava" and target != "loihi":
+        raise NeurodeployError("--runtime lava needs --target loihi")
+    schedules = tuple(schedules or TARGET_SCHEDULES[target])
+    if target != "sim":
+        schedules = tuple(s for s in schedules if s != "streaming") or TARGET_SCHEDULES[target]
     reference = capture_counts(prepared.module, prepared.graph, dataset.x)
     tgt = get_target(target)
     results = {s: tgt.simulate(quantized, dataset.x, schedule=s) for s in schedules}
-    return build_report(reference, results, quantized, probe=prepared.probe, labels=dataset.y)
+    report = build_report(reference, results, quantized, probe=prepared.probe, labels=dataset.y)
+    report.target = target
+    report.required_exact = tuple(s for s in REQUIRED_EXACT[target] if s in schedules)
+    if target == "speck":
+        probe = prepared.probe
+        ladder = tgt.verify(prepared.canonical, dataset.x, qgraph=quantized, labels=dataset.y,
+                            probe=(probe["weight"], probe["bias"]) if probe else None)
+        report.checks.append(ExtraCheck("speck_ladder", True, ladder.table(), ladder.to_dict(), required=False))
+    if runtime == "lava":
+        from .targets.loihi import verify_lava
+
+        lava = verify_lava(quantized, dataset.x)
+        report.checks.append(ExtraCheck("lava_vs_simulator", bool(lava["exact"]), _lava_text(lava), lava))
+    return report
+
+
+def _lava_text(lava: dict) -> str:
+    lines = [f"Lava fixed_pt vs neurodeploy Loihi simulator: {'EXACT' if lava['exact'] else 'MISMATCH'} "
+             f"({lava['samples']} samples, {lava['timesteps_per_sample']} steps each, simulator "
+             f"{lava['speedup_sim_over_lava']:.0f}x faster)",
+             f"  {'layer':<24} {'count ≠':>8} {'time ≠':>8} {'spikes lava':>12} {'spikes sim':>11}"]
+    for name, row in lava["layers"].items():
+        lines.append(f"  {name[:24]:<24} {row['count_mismatches']:>8} {row['spike_time_mismatches']:>8} "
+                     f"{row['spikes_lava']:>12} {row['spikes_sim']:>11}")
+    return "\n".join(lines)
 
 
 def verify(model: str | Path, *, data: str | Path, target: str = "sim", limit: int | None = None,
-           schedules: tuple[str, ...] = ("sync", "streaming"), target_options: dict | None = None,
-           calibration: str | Path | None = None, **load_options):
+           schedules: tuple[str, ...] | None = None, target_options: dict | None = None,
+           calibration: str | Path | None = None, runtime: str = "sim", **load_options):
     """Load, convert and quantise ``model`` for ``target``, then verify spike counts on ``data``."""
     from .targets import get_target
 
@@ -194,7 +235,8 @@ def verify(model: str | Path, *, data: str | Path, target: str = "sim", limit: i
     _check(tgt, prepared.canonical)
     calib = load_data(calibration).x if calibration else None
     quantized = tgt.quantize(prepared.canonical, calibration=calib, **(target_options or {}))
-    return verify_prepared(prepared, quantized, load_data(data, limit), target=target, schedules=schedules)
+    return verify_prepared(prepared, quantized, load_data(data, limit), target=target, schedules=schedules,
+                           runtime=runtime)
 
 
 def profile(model: str | Path, *, data: str | Path, target: str = "sim", limit: int | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -81,8 +82,13 @@ def _energy(e_mac, e_ac):
     return {"e_mac_pj": e_mac, "e_ac_pj": e_ac}
 
 
+def _format_warning(message, category, *_args, **_kwargs) -> str:
+    return f"warning: {message}\n"
+
+
 class _Group(click.Group):
     def invoke(self, ctx):
+        warnings.formatwarning = _format_warning
         try:
             return super().invoke(ctx)
         except NeurodeployError as e:
@@ -150,8 +156,9 @@ def compile_cmd(target, out_dir, data, calibration, verify, profile, limit, emit
 @model_options
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help=".npz with x (and y).")
 @click.option("--target", "-t", type=click.Choice(TARGET_NAMES), default="sim", show_default=True)
-@click.option("--schedule", "schedules", multiple=True, type=click.Choice(["sync", "streaming"]),
-              default=("sync", "streaming"), show_default=True)
+@click.option("--schedule", "schedules", multiple=True, type=click.Choice(["sync", "streaming", "speck"]),
+              help="Schedules to simulate (default per target: sim: sync+streaming; speck: sync+speck; "
+              "loihi: sync).")
 @click.option("--runtime", type=click.Choice(["sim", "lava"]), default="sim", show_default=True,
               help="loihi: also run the .net file in Lava's fixed-point CPU model and compare.")
 @click.option("--limit", type=int, help="Use only the first N samples.")
@@ -160,11 +167,16 @@ def compile_cmd(target, out_dir, data, calibration, verify, profile, limit, emit
 def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, **kw):
     """Compare the model's own PyTorch forward with the simulation, layer by layer.
 
-    Exit status 1 when the layer-synchronous schedule (which must be exact) is not.
+    \b
+    Exit status 1 when something that must be exact is not:
+      sim    the layer-synchronous schedule must equal the model's integers exactly;
+      loihi  with --runtime lava, Lava's fixed-point run must equal the simulator exactly;
+      speck  nothing is required to be exact (8-bit weights, one spike per event): the causes of
+             deviation are reported one by one.
     """
     from . import api
 
-    report = api.verify(kw.pop("model"), data=data, target=target, limit=limit, schedules=tuple(schedules),
+    report = api.verify(kw.pop("model"), data=data, target=target, limit=limit, schedules=tuple(schedules) or None,
                         calibration=calibration, runtime=runtime, **_load_options(kw))
     click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True) if as_json else report.format_table())
     if not report.ok():
