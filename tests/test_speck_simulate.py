@@ -26,53 +26,42 @@ def counts(qg, x, layer, **kw):
     return sim.simulate_events(qg, np.asarray([x], dtype=float), **kw).counts[layer][0].tolist()
 
 
-@pytest.mark.parametrize("engine", ["auto", "local"])
-def test_one_spike_per_input_event(engine):
+def test_one_spike_per_input_event():
     qg = hand([[[5]]], [2], [0])  # w = 5 > θ = 2
-    assert counts(qg, [2], "if0", engine=engine) == [2]  # v: 5 -> 3 (stays above θ, silent), 8 -> 6
-    assert counts(qg, [2], "if0", engine=engine, rule="multi") == [5]  # 5//2 = 2, then 6//2 = 3
+    assert counts(qg, [2], "if0") == [2]  # v: 5 -> 3 (stays above θ, silent), 8 -> 6
+    assert counts(qg, [2], "if0", rule="multi") == [5]  # 5//2 = 2, then 6//2 = 3
     assert ops.evaluate(qg, torch.tensor([[2.0]]), quantized=True)["if0"].tolist() == [[5]]
 
 
-@pytest.mark.parametrize("engine", ["auto", "local"])
-def test_depth_first_fires_before_the_negative_input_arrives(engine):
+def test_depth_first_fires_before_the_negative_input_arrives():
     qg = hand([[[2, 0], [0, 2]], [[2, -2]]], [2, 2], [0, 0])
     # events: feature 0 then feature 1. Depth first: n0 fires, layer 2 fires at once (+2 >= θ),
     # then n1's -2 arrives too late. The closed form nets 2 - 2 = 0.
-    assert counts(qg, [1, 1], "if1", engine=engine) == [1]
+    assert counts(qg, [1, 1], "if1") == [1]
     assert ops.evaluate(qg, torch.tensor([[1.0, 1.0]]), quantized=True)["if1"].tolist() == [[0]]
-    if engine == "auto" and sim._shared_engine() is not None:  # layer barrier (shared engine): exact
-        assert counts(qg, [1, 1], "if1", order="breadth", rule="multi") == [0]
+    assert counts(qg, [1, 1], "if1", order="breadth", rule="multi") == [0]  # layer barrier: exact
 
 
-@pytest.mark.parametrize("engine", ["auto", "local"])
-def test_saturation_at_threshold_low(engine):
+def test_saturation_at_threshold_low():
     qg = hand([[[-50, 35]]], [20], [0], low_threshold=-10.0)
     assert qg.nodes["if0"].low_threshold_q == -10
-    assert counts(qg, [1, 1], "if0", engine=engine) == [1]  # -50 -> floor -10, +35 -> 25 >= 20
-    assert counts(qg, [1, 1], "if0", engine=engine, saturate=False) == [0]  # -15
+    assert counts(qg, [1, 1], "if0") == [1]  # -50 -> floor -10, +35 -> 25 >= 20
+    assert counts(qg, [1, 1], "if0", saturate=False) == [0]  # -15
 
 
-@pytest.mark.parametrize("engine", ["auto", "local"])
-def test_saturation_at_16_bits(engine):
+def test_saturation_at_16_bits():
     qg = hand([[[127]]], [32767], [32700])
-    assert counts(qg, [259], "if0", engine=engine) == [1]  # 32827 clips to 32767 on the first event
-    assert counts(qg, [259], "if0", engine=engine, saturate=False) == [2]  # floor((32700 + 259*127) / 32767)
+    assert counts(qg, [259], "if0") == [1]  # 32827 clips to 32767 on the first event
+    assert counts(qg, [259], "if0", saturate=False) == [2]  # floor((32700 + 259*127) / 32767)
 
 
-def test_synops_and_engines_agree():
+def test_synops_count_fanout_per_event():
     g = examples.conv_net()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SpeckQuantizationWarning)
         qg = quantize(g)
     x = examples.random_counts(g, 3)
-    a = sim.simulate_events(qg, x, engine="local")
-    b = sim.simulate_events(qg, x)
-    for n in qg.neurons():
-        assert torch.equal(a.counts[n], b.counts[n])
-    if b.engine == "neurodeploy.engine":
-        for l in a.synops:
-            assert np.array_equal(a.synops[l], b.synops[l])
+    a = sim.simulate_events(qg, x)
     # a Linear layer of f outputs does f synaptic operations per input event
     assert np.array_equal(a.synops["fc"], 10 * a.counts["if2"].reshape(3, -1).sum(1).numpy())
     assert np.array_equal(a.input_events, x.reshape(3, -1).sum(1))

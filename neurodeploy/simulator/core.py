@@ -136,13 +136,106 @@ def _if_sync(node: ir.IFNeuron, current: torch.Tensor, quantized: bool, record: 
     return count, (torch.stack(train, 1) if record else None), near
 
 
+def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32):
+    """Sync IF layer fed by a fast layer (filter and refine, exact): closed-form counts from the
+    float32 currents, then the time-stepped kernel on the exact currents of the neurons that the
+    float32 error bound cannot decide. Returns (counts, None, near_ties)."""
+    theta, v0, hi, _ = _neuron_params(node, True)
+    D = int(node.max_spikes)
+    y = ap.y.numpy().reshape(-1)
+    if isinstance(ap.node, ir.Linear):
+        S = 1
+    else:
+        S = int(np.prod(ap.y.shape[2:]))
+    hi_ = np.inf if hi is None else hi
+    # error bound + near-tie tolerance (so every near tie is refined) + float64 rounding slack
+    margin = fl.err + (2.0 * NEAR_TIE_TOL * theta + 16.0)
+    counts = np.empty(y.size, dtype=count_dtype)
+    counts64 = np.empty(y.size, dtype=np.int64)
+    flagged = np.empty(y.size, dtype=np.int64)
+    nf = kernels.if_sync_closed_form(y, fl.bias, fl.has_bias, fl.O, S, v0, hi_, theta, D, margin, counts,
+                                     counts64, flagged)
+    near = 0
+    if nf:
+        cur = _exact_at(ap, fl, flagged, nf)
+        near = kernels.if_sync_refine(cur, flagged, nf, fl.bias, fl.has_bias, fl.O, S, v0, hi_, theta, D,
+                                      node.rounding == "half_even", NEAR_TIE_TOL, counts, counts64)
+    shape = tuple(ap.y.shape)
+    return torch.from_numpy(counts.reshape(shape)), counts64.reshape(shape), int(near)
+
+
 # -- graph walking ---------------------------------------------------------------------------------
+
+_U32 = 2.0 ** -24  # unit roundoff of float32
+
+
+@dataclass
+class _FastLayer:
+    w32: torch.Tensor  # float32 weights (rounded to nearest)
+    w64: np.ndarray  # exact integer weights, float64 ([O, C/g, KH, KW]; Conv1d: KH = 1)
+    bias: np.ndarray  # float64 integer bias (zeros(1) if none)
+    has_bias: bool
+    err: np.ndarray  # per output channel: bound on |float32 accumulation - exact integer sum|
+    O: int
+
+
+@dataclass
+class _Approx:
+    """Value of a fast layer inside ``_sync``: float32 sums (no bias) and the layer's input."""
+    y: torch.Tensor
+    x: torch.Tensor
+    name: str
+    node: ir.Node
+
+
+def _fp32_is_ieee() -> bool:
+    """True when PyTorch's float32 convolutions / matmuls use plain IEEE float32 arithmetic (no
+    TF32/bf16 'fast math'), which the error bound of the fast sync path assumes."""
+    import os
+
+    for var in ("ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE"):
+        if os.environ.get(var, "STRICT").upper() != "STRICT":
+            return False
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    try:
+        mk = torch.backends.mkldnn
+        precs = [mk.fp32_precision, mk.conv.fp32_precision, mk.matmul.fp32_precision,
+                 getattr(torch.backends, "fp32_precision", "none")]
+    except Exception:  # pragma: no cover - older/newer torch without these knobs
+        precs = []
+    return all(str(p) in ("none", "ieee") for p in precs)
+
+
+def _exact_at(ap: _Approx, fl: _FastLayer, idx: np.ndarray, nidx: int) -> np.ndarray:
+    """Exact integer sums (no bias) of a fast layer at flat output indices ``idx[:nidx]``."""
+    node, w64, out = ap.node, fl.w64, np.empty(nidx)
+    x = ap.x.numpy()
+    if isinstance(node, ir.Linear):
+        K = x.shape[-1]
+        kernels.linear_exact_at(np.ascontiguousarray(x.reshape(-1, K)), w64, idx, nidx, out)
+        return out
+    if isinstance(node, ir.Conv1d):
+        def one(v):
+            return int(np.atleast_1d(v)[0])
+        x4 = x[:, :, None, :]
+        Ho, Wo = 1, ap.y.shape[2]
+        sh, sw, ph, pw, dh, dw = 1, one(node.stride), 0, one(node.padding), 1, one(node.dilation)
+    else:
+        x4 = x
+        Ho, Wo = ap.y.shape[2], ap.y.shape[3]
+        (sh, sw), (ph, pw), (dh, dw) = node.stride, node.padding, node.dilation
+    kernels.conv2d_exact_at(np.ascontiguousarray(x4), w64, idx, nidx, ap.y.shape[1], Ho, Wo, int(sh), int(sw),
+                            int(ph), int(pw), int(dh), int(dw), int(node.groups), out)
+    return out
+
+
 
 class _Exec:
     """Weight tensors converted once, in the simulation dtype: float64, or float32 when the
     quantiser bounded every accumulation below 2**24 (then float32 sums are exact too)."""
 
-    def __init__(self, graph: ir.Graph, quantized: bool):
+    def __init__(self, graph: ir.Graph, quantized: bool, fast: bool = False):
         q = graph.metadata.get("quantization") or {}
         self.quantized = quantized
         self.dtype = (torch.float32 if quantized and int(q.get("accumulation_limit", 2 ** 52)) <= 2 ** 24
@@ -157,24 +250,73 @@ class _Exec:
             self.w[n] = torch.as_tensor(np.asarray(w), dtype=self.dtype)
             self.b[n] = None if b is None else torch.as_tensor(np.asarray(b), dtype=self.dtype)
         self.limbs: dict[str, tuple] = {}
+        self.fast: dict[str, _FastLayer] = {}
+        bounds = None
         if quantized and self.dtype == torch.float64 and q.get("input_bound_int") is not None:
-            self._plan_limbs(graph, int(q["input_bound_int"]))
-        # spike counts (<= D) are exact in float32; limb layers read float32, others convert
-        self.count_dtype = np.float32 if (self.limbs or self.dtype == torch.float32) else np.float64
+            from ..passes.quantize import _int_bounds
+
+            try:
+                bounds, _ = _int_bounds(graph, int(q["input_bound_int"]))
+            except Exception:  # pragma: no cover - incomplete quantisation: stay on float64
+                bounds = None
+        if bounds is not None:
+            if fast and _fp32_is_ieee():
+                self._plan_fast(graph, bounds)
+            # exact limb convolutions for the layers the fast path does not cover (and for the
+            # time-stepped path, record_trains=True)
+            self._plan_limbs(graph, bounds, skip=set(self.fast))
+        # spike counts (<= D) are exact in float32; limb/fast layers read float32, others convert
+        self.count_dtype = (np.float32 if (self.limbs or self.fast or self.dtype == torch.float32)
+                            else np.float64)
+
+    # Fast exact sync path (filter and refine), see the module docstring. A weight layer qualifies
+    # when only IF neurons read it (so only their counts, not its exact values, are needed), its
+    # inputs are integers below 2**24 (exact in float32) and its fan-in n keeps (n+2)·2**-24 small.
+    def _plan_fast(self, graph: ir.Graph, bounds: dict) -> None:
+        for n in graph.of_type(ir.Conv2d, ir.Conv1d, ir.Linear):
+            node = graph.nodes[n]
+            cons = graph.consumers_of(n)
+            if not cons or not all(isinstance(graph.nodes[c], ir.IFNeuron) for c in cons):
+                continue
+            bx = int(bounds[graph.inputs_of(n)[0]])
+            wq = np.asarray(node.weight_q, dtype=np.int64)
+            fan = int(np.prod(wq.shape[1:]))
+            if not wq.size or bx >= 2 ** 24 or (fan + 2) * _U32 > 1e-3:
+                continue
+            O = wq.shape[0]
+            s_abs = np.abs(wq).reshape(O, -1).sum(1).astype(np.float64)  # exact int64 sums (< 2**52)
+            gamma = (fan + 2) * _U32 / (1.0 - (fan + 2) * _U32) * (1.0 + 2.0 ** -20)
+            err = gamma * s_abs * float(bx)  # bound on |float32 result - exact| per output channel
+            w64 = wq.astype(np.float64)
+            if isinstance(node, ir.Conv1d):
+                w64 = w64[:, :, None, :]
+            bq = node.bias_q
+            self.fast[n] = _FastLayer(
+                w32=torch.as_tensor(wq, dtype=torch.float32), w64=np.ascontiguousarray(w64),
+                bias=(np.zeros(1) if bq is None else np.asarray(bq, dtype=np.float64).reshape(-1)),
+                has_bias=bq is not None, err=np.ascontiguousarray(err), O=O)
+
+    def lin_fast(self, name: str, node, x: torch.Tensor) -> "_Approx":
+        """Float32 result of a fast layer (no bias), with its float32 input for the exact refinement."""
+        fl = self.fast[name]
+        xf = x.to(torch.float32)  # integers below 2**24: exact
+        if isinstance(node, ir.Conv2d):
+            y = F.conv2d(xf, fl.w32, None, node.stride, node.padding, node.dilation, node.groups)
+        elif isinstance(node, ir.Conv1d):
+            y = F.conv1d(xf, fl.w32, None, node.stride, node.padding, node.dilation, node.groups)
+        else:
+            y = F.linear(xf, fl.w32)
+        return _Approx(y.contiguous(), xf, name, node)
 
     # Exact integer convolutions on float32 hardware paths: a weight layer whose inputs are small
     # integers (spike counts) is split into L weight "limbs" of k bits, w = Σ_j w_j·2^(jk), chosen so
     # that every limb's accumulation max_o Σ|w_j[o]|·max|x| stays below 2**24: each limb's float32
     # convolution is then exact, and the float64 recombination Σ_j y_j·2^(jk) is exact too (every
     # partial sum is an integer bounded by Σ|w|·max|x| < 2**52). All limbs run as one convolution.
-    def _plan_limbs(self, graph: ir.Graph, in_bound: int, max_limbs: int = 5) -> None:
-        from ..passes.quantize import _int_bounds
-
-        try:
-            bounds, _ = _int_bounds(graph, in_bound)
-        except Exception:  # pragma: no cover - incomplete quantisation: stay on float64
-            return
+    def _plan_limbs(self, graph: ir.Graph, bounds: dict, skip: set, max_limbs: int = 5) -> None:
         for n in graph.of_type(*ir.WEIGHT_NODES):
+            if n in skip:
+                continue
             node = graph.nodes[n]
             bx = bounds[graph.inputs_of(n)[0]]
             wq = np.asarray(node.weight_q, dtype=np.int64)
@@ -300,11 +442,18 @@ def _sync(graph: ir.Graph, x: torch.Tensor, quantized: bool, record: bool, ex: _
         t0 = max(ready[i] for i in in_names)
         if isinstance(node, ir.IFNeuron):
             start[name] = t0
-            c, tr, nt = _if_sync(node, ins[0], quantized, record, ex.count_dtype)
-            values[name], counts[name], near[name] = c, c, nt
-            if record:
-                trains[name] = tr
+            if isinstance(ins[0], _Approx):
+                c, c64, nt = _if_sync_fast(node, ins[0], ex.fast[ins[0].name], ex.count_dtype)
+                values[name], counts[name], near[name] = c, c64, nt
+            else:
+                c, tr, nt = _if_sync(node, ins[0], quantized, record, ex.count_dtype)
+                values[name], counts[name], near[name] = c, c, nt
+                if record:
+                    trains[name] = tr
             ready[name] = t0 + node.max_spikes
+        elif name in ex.fast and not record:
+            values[name] = ex.lin_fast(name, node, ins[0])
+            ready[name] = t0
         else:
             values[name] = ex.lin(name, node, ins)
             ready[name] = t0
@@ -444,7 +593,8 @@ def _streaming(graph: ir.Graph, x: torch.Tensor, quantized: bool, record: bool, 
 
 
 def simulate(graph: ir.Graph, x, *, schedule: str = "sync", record_trains: bool = False,
-             batch_size: int | None = None, progress: bool = False, horizon: int | None = None) -> SimResult:
+             batch_size: int | None = None, progress: bool = False, horizon: int | None = None,
+             fast_sync: bool = True) -> SimResult:
     """Time-stepped IF simulation of ``graph`` on the batch ``x`` (``[B, *input_shape]``).
 
     ``schedule``: ``'sync'`` (layer-synchronous, equals :func:`neurodeploy.ops.evaluate` exactly) or
@@ -466,8 +616,11 @@ def simulate(graph: ir.Graph, x, *, schedule: str = "sync", record_trains: bool 
         from tqdm import tqdm
         chunks = tqdm(chunks, desc=f"simulate ({schedule})", unit="batch")
     parts = []
-    ex = _Exec(graph, quantized)
-    with torch.inference_mode():
+    fast = bool(fast_sync and quantized and schedule == "sync" and not record_trains and HAVE_NUMBA)
+    ex = _Exec(graph, quantized, fast=fast)
+    # NNPACK (used by PyTorch for float32 convolutions when oneDNN is disabled) computes Winograd/FFT
+    # convolutions whose rounding errors the fast path does not bound: keep it off
+    with torch.inference_mode(), torch.backends.nnpack.flags(enabled=False):
         for i in chunks:
             xb = torch.as_tensor(xs[i:i + bs], dtype=ops.DTYPE)
             if schedule == "sync":
@@ -475,7 +628,14 @@ def simulate(graph: ir.Graph, x, *, schedule: str = "sync", record_trains: bool 
             else:
                 parts.append(_streaming(graph, xb, quantized, record_trains, horizon, ex))
     neurons = graph.neurons()
-    counts = {n: np.concatenate([p[0][n].numpy() for p in parts]).astype(np.int64) for n in neurons}
+    def _np(a):
+        return a.numpy() if isinstance(a, torch.Tensor) else a
+
+    counts = {}
+    for n in neurons:
+        arrs = [_np(p[0][n]) for p in parts]
+        c = arrs[0] if len(arrs) == 1 else np.concatenate(arrs)
+        counts[n] = c if c.dtype == np.int64 else c.astype(np.int64)
     T = max(p[3] for p in parts)
     trains = None
     if record_trains:

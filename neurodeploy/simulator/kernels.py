@@ -154,3 +154,172 @@ def recombine_limbs(y, pw, bias, has_bias, S, out):
                 b = bias[base + o]
                 for p in range(o * S, (o + 1) * S):
                     out[r, p] += b
+
+
+# -- filter-and-refine sync path (see simulator.core, "fast exact sync path") ----------------------
+
+@njit(cache=True, nogil=True)
+def if_sync_closed_form(y, bias, has_bias, O, S, v0, hi, theta, D, margin, counts, counts64, flagged):
+    """Counts from *approximate* currents ``y`` (float32 [R, O, S] flat, no bias) whose error is at
+    most ``margin[o] - 2·tol·θ`` (channel ``o``): v = y + bias[o] + v0, n = clip(floor(v/θ), 0, D),
+    written to ``counts`` (float32, the next layer's input) and ``counts64`` (int64, the result).
+
+    A neuron whose approximate membrane lies within ``margin[o]`` of a firing boundary k·θ
+    (1 <= k <= D), or above ``hi - margin[o]`` (saturation), is not decided here: its flat index is
+    written to ``flagged`` (its count is recomputed from the exact current). Every other neuron's
+    exact membrane is on the same side of every boundary as the approximate one and is no tie, so
+    its count is exact. Returns the number of flagged neurons."""
+    n = y.shape[0]
+    R = n // (O * S)
+    inv = 1.0 / theta
+    Df = float(D)
+    nf = 0
+    fb = np.zeros(max(O, _BS), dtype=np.int32)
+    if S == 1:  # [R, O] (linear layers): vectorise along the channels
+        add = np.empty(O)
+        lo_hi = np.empty(O)
+        for o in range(O):
+            add[o] = v0 + (bias[o] if has_bias else 0.0)
+            lo_hi[o] = hi - margin[o]
+        for r in range(R):
+            nf = _closed_form_channels(y, r * O, O, add, margin, lo_hi, inv, theta, Df, counts, counts64,
+                                       flagged, nf, fb)
+        return nf
+    for r in range(R):
+        for o in range(O):
+            add = v0 + (bias[o] if has_bias else 0.0)
+            row = (r * O + o) * S
+            for s0 in range(row, row + S, _BS):  # blocks: flagged neurons are collected only where present
+                nf = _closed_form_row(y, s0, min(_BS, row + S - s0), add, margin[o], hi - margin[o], inv, theta,
+                                      Df, counts, counts64, flagged, nf, fb)
+    return nf
+
+
+_BS = 128
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _closed_form_row(y, s0, L, add, m, lo_hi, inv, theta, Df, counts, counts64, flagged, nf, fb):
+    """:func:`if_sync_closed_form` on y[s0:s0+L] (one channel)."""
+    anyf = 0
+    for j in range(L):  # branch-free, vectorisable
+        v = np.float64(y[s0 + j]) + add
+        u = v * inv
+        c = min(max(np.floor(u), 0.0), Df)
+        counts[s0 + j] = c
+        counts64[s0 + j] = np.int64(c)
+        k = min(max(np.floor(u + 0.5), 1.0), Df)
+        anyf += (np.abs(v - k * theta) <= m) | (v >= lo_hi)
+    if anyf:
+        for j in range(L):
+            v = np.float64(y[s0 + j]) + add
+            k = min(max(np.floor(v * inv + 0.5), 1.0), Df)
+            fb[j] = (np.abs(v - k * theta) <= m) | (v >= lo_hi)
+        for j in range(L):
+            if fb[j]:
+                flagged[nf] = s0 + j
+                nf += 1
+    return nf
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _closed_form_channels(y, s0, L, add, m, lo_hi, inv, theta, Df, counts, counts64, flagged, nf, fb):
+    """:func:`if_sync_closed_form` on y[s0:s0+L] = one row of an [R, O] result (channel j)."""
+    anyf = 0
+    for j in range(L):
+        v = np.float64(y[s0 + j]) + add[j]
+        u = v * inv
+        c = min(max(np.floor(u), 0.0), Df)
+        counts[s0 + j] = c
+        counts64[s0 + j] = np.int64(c)
+        k = min(max(np.floor(u + 0.5), 1.0), Df)
+        anyf += (np.abs(v - k * theta) <= m[j]) | (v >= lo_hi[j])
+    if anyf:
+        for j in range(L):
+            v = np.float64(y[s0 + j]) + add[j]
+            k = min(max(np.floor(v * inv + 0.5), 1.0), Df)
+            fb[j] = (np.abs(v - k * theta) <= m[j]) | (v >= lo_hi[j])
+        for j in range(L):
+            if fb[j]:
+                flagged[nf] = s0 + j
+                nf += 1
+    return nf
+
+
+@njit(cache=True, nogil=True)
+def conv2d_exact_at(x, w, idx, nidx, O, Ho, Wo, sh, sw, ph, pw, dh, dw, groups, out):
+    """Exact integer conv outputs (no bias) at the flat output indices ``idx[:nidx]`` of an
+    [B, O, Ho, Wo] result: float64 products and sums of integers (every partial sum is bounded by
+    Σ|w|·max|x| < 2**52, so exact). ``x``: [B, C, H, W]; ``w``: [O, C/groups, KH, KW] float64."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    Cg, KH, KW = w.shape[1], w.shape[2], w.shape[3]
+    Og = O // groups
+    for t in range(nidx):
+        i = idx[t]
+        ow = i % Wo
+        q = i // Wo
+        oh = q % Ho
+        q = q // Ho
+        o = q % O
+        b = q // O
+        c0 = (o // Og) * Cg
+        acc = 0.0
+        for c in range(Cg):
+            for kh in range(KH):
+                hh = oh * sh - ph + kh * dh
+                if hh < 0 or hh >= H:
+                    continue
+                for kw in range(KW):
+                    ww = ow * sw - pw + kw * dw
+                    if ww < 0 or ww >= W:
+                        continue
+                    acc += np.float64(x[b, c0 + c, hh, ww]) * w[o, c, kh, kw]
+        out[t] = acc
+
+
+@njit(cache=True, nogil=True)
+def linear_exact_at(x, w, idx, nidx, out):
+    """Exact ``x @ w.T`` (no bias) at flat indices of an [R, O] result; ``x`` [R, K], ``w`` [O, K]."""
+    O, K = w.shape
+    for t in range(nidx):
+        i = idx[t]
+        r = i // O
+        o = i - r * O
+        acc = 0.0
+        for k in range(K):
+            acc += np.float64(x[r, k]) * w[o, k]
+        out[t] = acc
+
+
+@njit(cache=True, nogil=True)
+def if_sync_refine(cur, idx, nidx, bias, has_bias, O, S, v0, hi, theta, D, half_even, tol, counts, counts64):
+    """The flagged neurons of :func:`if_sync_closed_form`, from their exact currents ``cur[:nidx]``:
+    v = min(cur + bias[o] + v0, hi), then D timesteps of fire / subtract (as :func:`if_sync_kernel`).
+    Returns the number of near-ties among them."""
+    near = 0
+    inv = 1.0 / theta
+    for t in range(nidx):
+        i = idx[t]
+        o = (i // S) % O
+        v = cur[t] + v0
+        if has_bias:
+            v += bias[o]
+        if v > hi:
+            v = hi
+        u = v * inv
+        r = np.floor(u + 0.5)
+        if abs(u - r) < tol and r >= 1.0 and r <= D:
+            near += 1
+        c = 0
+        for _ in range(D):
+            if half_even:
+                fire = v > theta or (v == theta and (c & 1) == 1)
+            else:
+                fire = v >= theta
+            if not fire:
+                break
+            c += 1
+            v -= theta
+        counts[i] = c
+        counts64[i] = c
+    return near

@@ -15,11 +15,7 @@ Two modes:
     configurations of verify's ladder.
 
     It runs on the shared event engine (``neurodeploy.engine.run_events_batch`` with rule='single',
-    order='depth', start_tick=False, no budget) whenever that engine is importable; ``_kernel.py`` is
-    a small local numba kernel with the same depth-first arithmetic (same event and kernel-tap order,
-    tested equal) used only when the engine is missing or with ``engine='local'``; its 'breadth'
-    order is a FIFO over the sample's events, not the engine's layer barrier.
-    ``SpeckSimResult.engine`` says which one ran.
+    order='depth', start_tick=False, no budget).
 
 ``simulate_binned`` (what sinabs' time-binned simulation computes)
     Input given per time bin ``[B, T, *input_shape]``; per bin every layer computes
@@ -38,8 +34,7 @@ import torch
 
 from ... import ir, ops
 from ...errors import NeurodeployError
-from . import _kernel
-from .events import as_counts, events_as_cyx, raster_to_events
+from .events import as_counts
 from .layers import extract
 
 
@@ -50,7 +45,7 @@ class SpeckSimResult:
     input_events: np.ndarray  # [B]
     spikes: dict  # neuron name -> [B] total spikes
     settings: dict = field(default_factory=dict)
-    engine: str = "local"
+    engine: str = "neurodeploy.engine"
     schedule: str = "speck"  # the name the caller asked for (SimResult compatibility)
     timesteps: int = 0  # rounds of the round-robin input (no clock on the chip)
     near_ties: dict | None = None
@@ -58,67 +53,6 @@ class SpeckSimResult:
 
     def total_spikes(self) -> dict:
         return {k: int(v.sum()) for k, v in self.counts.items()}
-
-
-@dataclass
-class _Compiled:
-    names: list
-    neurons: list
-    P: np.ndarray
-    wflat: np.ndarray
-    vinit: np.ndarray
-    dst: np.ndarray
-    dpool: np.ndarray
-    voff: list
-    shapes: list
-
-
-def compile_net(graph: ir.Graph) -> _Compiled:
-    if not graph.is_quantized:
-        raise NeurodeployError("simulate needs a Speck-quantised graph", fix="run SpeckTarget().quantize first")
-    net = extract(graph)
-    if net.violations:
-        from ...errors import DesignRuleError
-        raise DesignRuleError([str(v) for v in net.violations], "speck")
-    from .layers import bias_vec, weight4
-    names = list(net.layers)
-    idx = {n: i for i, n in enumerate(names)}
-    L = len(names)
-    P = np.zeros((L, 16), dtype=np.int64)
-    dst = -np.ones((L + 1, 2), dtype=np.int64)
-    dpool = np.ones((L + 1, 2), dtype=np.int64)
-    wparts, vparts, voff, shapes = [], [], [], []
-    woff = 0
-    vo = 0
-    for i, n in enumerate(names):
-        l = net.layers[n]
-        node = graph.nodes[n]
-        neuron = graph.nodes[l.neuron]
-        w4 = weight4(node, l, quantized=True).astype(np.int64)
-        f, c, kh, kw = w4.shape
-        if kh != kw:
-            raise NeurodeployError(f"non-square kernel {kh}x{kw}", layer=n)
-        _, hin, win = l.in_shape
-        _, ho, wo = l.out_shape
-        b = bias_vec(node, quantized=True).astype(np.int64)
-        v0 = int(neuron.v_init_q or 0)
-        low = neuron.low_threshold_q if neuron.low_threshold_q is not None else -(2 ** 15)
-        P[i] = [c, hin, win, f, ho, wo, kh, l.stride[0], l.stride[1], l.padding[0], l.padding[1],
-                int(neuron.threshold_q), int(low), int(neuron.max_spikes), woff, vo]
-        wparts.append(w4.ravel())
-        vparts.append(np.repeat(v0 + b, ho * wo))
-        voff.append(vo)
-        shapes.append((f, ho, wo))
-        woff += w4.size
-        vo += f * ho * wo
-        for j, d in enumerate(l.destinations):
-            dst[i, j] = idx[d.layer]
-            dpool[i, j] = d.pool
-    for j, d in enumerate(net.input_destinations):
-        dst[L, j] = idx[d.layer]
-        dpool[L, j] = d.pool
-    return _Compiled(names, [net.layers[n].neuron for n in names], P, np.concatenate(wparts),
-                     np.concatenate(vparts).astype(np.int64), dst, dpool, voff, shapes)
 
 
 def input_counts(graph: ir.Graph, x) -> np.ndarray:
@@ -129,57 +63,11 @@ def input_counts(graph: ir.Graph, x) -> np.ndarray:
 
 
 def simulate_events(graph: ir.Graph, x, *, rule: str = "single", order: str = "depth", saturate: bool = True,
-                    budget: bool = False, engine: str = "auto") -> SpeckSimResult:
-    """Event-driven simulation (see module docstring). ``x``: a batch [B, *input_shape].
-
-    ``engine``: 'auto' (the shared ``neurodeploy.engine`` when importable, else local), 'shared'
-    or 'local'. Note ``order='breadth'`` means a layer barrier on the shared engine but a FIFO
-    over the sample's events on the local kernel; depth order is identical on both.
-    """
+                    budget: bool = False) -> SpeckSimResult:
+    """Event-driven simulation on the shared engine (see module docstring). ``x``: a batch [B, *input_shape]."""
     if rule not in ("single", "multi") or order not in ("depth", "breadth"):
         raise NeurodeployError(f"unknown rule/order {rule!r}/{order!r}", fix="rule: single|multi, order: depth|breadth")
-    settings = dict(rule=rule, order=order, saturate=saturate, budget=budget)
-    if engine in ("auto", "shared"):
-        if _shared_engine() is not None:
-            return _run_shared(graph, x, settings)
-        if engine == "shared":
-            raise NeurodeployError("the shared event engine (neurodeploy.engine) is not importable")
-    return _run_local(graph, x, settings)
-
-
-def _run_local(graph: ir.Graph, x, settings: dict) -> SpeckSimResult:
-    cn = compile_net(graph)
-    P = cn.P.copy()
-    if not settings["budget"]:
-        P[:, 13] = -1
-    counts_in = input_counts(graph, x)
-    B = counts_in.shape[0]
-    evs = [events_as_cyx(raster_to_events(counts_in[b])) for b in range(B)]
-    off = np.zeros(B + 1, dtype=np.int64)
-    off[1:] = np.cumsum([len(e) for e in evs])
-    ev_all = np.concatenate(evs) if evs else np.zeros((0, 3), dtype=np.int64)
-    counts = np.zeros((B, cn.vinit.shape[0]), dtype=np.int64)
-    syn = np.zeros((B, len(cn.names)), dtype=np.int64)
-    _kernel.run_batch(P, cn.wflat.astype(np.int64), cn.vinit, cn.dst, cn.dpool, ev_all.reshape(-1, 3), off,
-                      0 if settings["rule"] == "single" else 1, 0 if settings["order"] == "depth" else 1,
-                      bool(settings["saturate"]), counts, syn)
-    out, spikes, synops = {}, {}, {}
-    for i, (lname, nname) in enumerate(zip(cn.names, cn.neurons)):
-        f, ho, wo = cn.shapes[i]
-        c = counts[:, cn.voff[i]:cn.voff[i] + f * ho * wo]
-        out[nname] = torch.from_numpy(c.reshape((B,) + tuple(graph.nodes[nname].shape)).copy())
-        spikes[nname] = c.sum(axis=1)
-        synops[lname] = syn[:, i].copy()
-    return SpeckSimResult(out, synops, off[1:] - off[:-1], spikes, settings, "local",
-                          timesteps=int(counts_in.max(initial=0)))
-
-
-def _shared_engine():
-    try:
-        from ...engine import run_events_batch  # noqa: F401
-        return run_events_batch
-    except ImportError:
-        return None
+    return _run_shared(graph, x, dict(rule=rule, order=order, saturate=saturate, budget=budget))
 
 
 def speck_engine_graph(graph: ir.Graph) -> ir.Graph:

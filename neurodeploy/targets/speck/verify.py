@@ -132,7 +132,7 @@ def _probe(counts: torch.Tensor, probe) -> torch.Tensor:
 
 
 def verify(graph: ir.Graph, x, *, qgraph: ir.Graph | None = None, probe=None, labels=None, remedy: bool = True,
-           calibration=None, engine: str = "auto", **qopts) -> VerifyReport:
+           calibration=None, **qopts) -> VerifyReport:
     """Run the ladder on batch ``x`` (see module docstring). ``graph`` is the float canonical graph."""
     g = graph.copy()
     ir.infer_shapes(g)
@@ -151,7 +151,7 @@ def verify(graph: ir.Graph, x, *, qgraph: ir.Graph | None = None, probe=None, la
             results[rid] = {n: q[n] for n in neurons}
             synops[rid] = None
         else:
-            r = simulate_events(qg, x, engine=engine, **cfg)
+            r = simulate_events(qg, x, **cfg)
             eng = r.engine
             results[rid] = {n: r.counts[n].to(torch.float64) for n in neurons}
             synops[rid] = int(sum(int(np.sum(v)) for v in r.synops.values() if v is not None))
@@ -175,7 +175,7 @@ def verify(graph: ir.Graph, x, *, qgraph: ir.Graph | None = None, probe=None, la
         prev = rid
     rep = VerifyReport(neurons, rungs, mismatch, mean_abs, step, spikes, synops, task, None, eng)
     if remedy:
-        rep.remedy = _remedy(g, x, ref, final, probe, ref_pred, calibration, engine, qopts,
+        rep.remedy = _remedy(g, x, ref, final, probe, ref_pred, calibration, qopts,
                              {"single": results["R5"], "multi": results["R4"], "synops": synops["R6"]})
     return rep
 
@@ -256,7 +256,7 @@ def _one_spike_loss(single: dict, multi: dict, neurons) -> float:
     return float(np.mean([float((single[n] != multi[n]).double().mean()) for n in neurons]))
 
 
-def _remedy(g, x, ref, final, probe, ref_pred, calibration, engine, qopts, before: dict) -> dict:
+def _remedy(g, x, ref, final, probe, ref_pred, calibration, qopts, before: dict) -> dict:
     """``before``: the original's R4/R5 counts and R6 SynOps (already computed by the ladder)."""
     copies = required_copies(g)
     if not copies:
@@ -267,9 +267,9 @@ def _remedy(g, x, ref, final, probe, ref_pred, calibration, engine, qopts, befor
         opts = dict(qopts)
         opts.setdefault("bias_bits", 16)  # the split initial values ride on the bias (folded into the state)
         rq = quantize(rg, calibration, **opts)
-    r = simulate_events(rq, x, engine=engine)
-    s1 = simulate_events(rq, x, engine=engine, rule="single", saturate=False)
-    s2 = simulate_events(rq, x, engine=engine, rule="multi", saturate=False)
+    r = simulate_events(rq, x)
+    s1 = simulate_events(rq, x, rule="single", saturate=False)
+    s2 = simulate_events(rq, x, rule="multi", saturate=False)
 
     def original_units(counts: torch.Tensor) -> torch.Tensor:
         counts = counts.to(torch.float64)
