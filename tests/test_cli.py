@@ -109,3 +109,20 @@ def test_inspect_shows_recognised_neurons():
     assert res.exit_code == 0, res.output
     assert "IFNeuron" in res.output
     assert "projector" not in res.output  # the SimCLR head is dropped (checkpoint says until=encoder)
+
+
+def test_routing_route_and_event_engine_from_the_cli(tmp_path):
+    out = tmp_path / "r"
+    res = run("compile", DEMO, "--arch", ARCH, "-o", out, "--emit", "routing", "--no-profile")
+    assert res.exit_code == 0, res.output
+    assert (out / "routing.npz").exists()
+    res = run("route", out, "--layer", "encoder.conv1", "--address", "0,0,0", "--json")
+    assert res.exit_code == 0, res.output
+    dests = json.loads(res.output)["destinations"]
+    # a corner input of a 3x3 pad-1 conv reaches 2x2 output positions in each of the 32 channels
+    assert len(dests) == 4 * 32
+    res = run("simulate", out, "--data", TEST_DATA, "--limit", 10, "--engine", "event", "--no-progress", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["synaptic_events"] > 0
+    assert all(row["mismatches"] == 0 for row in report["layers"].values())
