@@ -37,6 +37,7 @@ import math
 import numpy as np
 
 from .. import ir
+from ..calibration import dyadic_bits, input_peak
 from ..errors import NeurodeployError
 
 HARD_LIMIT = 2 ** 52
@@ -128,18 +129,6 @@ def _int_bounds(graph: ir.Graph, in_bound: int) -> tuple[dict[str, int], dict[st
     return B, M
 
 
-def _dyadic_bits(calibration, max_bits: int = 16) -> int | None:
-    """Smallest k <= max_bits such that every calibration value is a multiple of 2^-k, else None."""
-    if calibration is None or not np.size(calibration):
-        return None
-    x = np.asarray(calibration, dtype=np.float64).reshape(-1)[: 1 << 20]  # a sample is enough
-    for k in range(max_bits + 1):
-        y = np.ldexp(x, k)
-        if np.all(y == np.rint(y)):
-            return k
-    return None
-
-
 def _log2_floor(x: float) -> int:
     return int(math.floor(math.log2(x))) if x > 0 else 60
 
@@ -173,9 +162,8 @@ def quantize_fixed_point(graph: ir.Graph, calibration=None, *, input_frac_bits: 
         raise NeurodeployError(f"the sim target supports one Input, graph has {len(ins)}")
     inp: ir.Input = g.nodes[ins[0]]
     if input_range is None:
-        if calibration is not None and np.size(calibration):
-            input_range = 2.0 * float(np.max(np.abs(np.asarray(calibration, dtype=np.float64))))
-        input_range = input_range or 1024.0
+        peak = input_peak(calibration)
+        input_range = 2.0 * peak if peak else 1024.0
     input_range = float(input_range)
 
     dom, members = scale_domains(g)
@@ -216,7 +204,7 @@ def quantize_fixed_point(graph: ir.Graph, calibration=None, *, input_frac_bits: 
                 F[d] = 0
             elif input_frac_bits is not None:
                 F[d] = int(input_frac_bits)
-            elif (k := _dyadic_bits(calibration)) is not None:
+            elif (k := dyadic_bits(calibration)) is not None:
                 F[d] = k  # calibration data are exact multiples of 2^-k (e.g. integer pixels): no input error
             else:
                 f = min([fmax[d]] + [fmax[c] // 2 for c in feeds.get(d, [])])

@@ -35,6 +35,8 @@ makes an exact tie ``(x + v_init)/θ = n`` fire ``n − 1`` spikes when ``n`` is
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -149,12 +151,20 @@ def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32):
         S = int(np.prod(ap.y.shape[2:]))
     hi_ = np.inf if hi is None else hi
     # error bound + near-tie tolerance (so every near tie is refined) + float64 rounding slack
-    margin = fl.err + (2.0 * NEAR_TIE_TOL * theta + 16.0)
-    counts = np.empty(y.size, dtype=count_dtype)
-    counts64 = np.empty(y.size, dtype=np.int64)
-    flagged = np.empty(y.size, dtype=np.int64)
-    nf = kernels.if_sync_closed_form(y, fl.bias, fl.has_bias, fl.O, S, v0, hi_, theta, D, margin, counts,
-                                     counts64, flagged)
+    margin = np.inf if _REFINE_ALL else fl.err + (2.0 * NEAR_TIE_TOL * theta + 16.0)
+    n = y.size
+    counts = np.empty(n, dtype=count_dtype)
+    counts64 = np.empty(n, dtype=np.int64)
+    flagged = np.empty(n, dtype=np.int64)
+    T = _nthreads() if n >= _PAR_MIN else 1
+    step = -(-n // (T * 128)) * 128  # chunk boundaries on the kernel's 128-neuron blocks
+    cuts = [(a, min(n, a + step)) for a in range(0, n, step)] if n else [(0, 0)]
+    nfs = _in_threads(kernels.if_sync_closed_form,
+                      [(y[a:b], v0, hi_, theta, D, margin, counts[a:b], counts64[a:b], flagged[a:b])
+                       for a, b in cuts])
+    if len(cuts) > 1:  # chunk-local indices -> one list
+        flagged = np.concatenate([flagged[a:a + k] + a for (a, _), k in zip(cuts, nfs)])
+    nf = int(sum(nfs))
     near = 0
     if nf:
         cur = _exact_at(ap, fl, flagged, nf)
@@ -167,21 +177,24 @@ def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32):
 # -- graph walking ---------------------------------------------------------------------------------
 
 _U32 = 2.0 ** -24  # unit roundoff of float32
+_PAR_MIN = 1 << 17  # layers with at least this many neurons run the closed form in several threads
+_REFINE_ALL = False  # tests: refine every neuron of the fast path (exercises the exact refinement)
 
 
 @dataclass
 class _FastLayer:
     w32: torch.Tensor  # float32 weights (rounded to nearest)
+    b32: torch.Tensor | None  # float32 bias (rounded to nearest)
     w64: np.ndarray  # exact integer weights, float64 ([O, C/g, KH, KW]; Conv1d: KH = 1)
     bias: np.ndarray  # float64 integer bias (zeros(1) if none)
     has_bias: bool
-    err: np.ndarray  # per output channel: bound on |float32 accumulation - exact integer sum|
+    err: float  # bound on |float32 result - exact integer result| (bias included)
     O: int
 
 
 @dataclass
 class _Approx:
-    """Value of a fast layer inside ``_sync``: float32 sums (no bias) and the layer's input."""
+    """Value of a fast layer inside ``_sync``: its float32 result and its (float32) input."""
     y: torch.Tensor
     x: torch.Tensor
     name: str
@@ -191,8 +204,6 @@ class _Approx:
 def _fp32_is_ieee() -> bool:
     """True when PyTorch's float32 convolutions / matmuls use plain IEEE float32 arithmetic (no
     TF32/bf16 'fast math'), which the error bound of the fast sync path assumes."""
-    import os
-
     for var in ("ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE"):
         if os.environ.get(var, "STRICT").upper() != "STRICT":
             return False
@@ -207,26 +218,92 @@ def _fp32_is_ieee() -> bool:
     return all(str(p) in ("none", "ieee") for p in precs)
 
 
+def _value_bounds(graph: ir.Graph, in_bound: int) -> dict[str, int]:
+    """Exact integer bound of every node's value in a quantised graph (the values of
+    :func:`neurodeploy.passes.quantize._int_bounds`), with vectorised int64 row sums."""
+    B: dict[str, int] = {}
+    for n in graph.topo_order():
+        node = graph.nodes[n]
+        ins = [B[i] for i in graph.inputs_of(n)]
+        if isinstance(node, ir.Input):
+            B[n] = int(in_bound)
+        elif isinstance(node, ir.IFNeuron):
+            B[n] = int(node.max_spikes)
+        elif isinstance(node, ir.WEIGHT_NODES):
+            wq = np.abs(np.asarray(node.weight_q, dtype=np.int64))
+            wq = wq.reshape(wq.shape[0], -1)
+            if not wq.size:
+                s = 0
+            elif int(wq.max()) * wq.shape[1] < 2 ** 62:  # int64 row sums cannot overflow
+                s = int(wq.sum(1).max())
+            else:  # pragma: no cover - far outside any quantiser output
+                s = max(sum(int(v) for v in r) for r in wq)
+            b = 0 if node.bias_q is None else int(np.max(np.abs(np.asarray(node.bias_q, dtype=np.int64))))
+            B[n] = s * ins[0] + b
+        elif isinstance(node, ir.SumPool2d):
+            B[n] = ins[0] * node.kernel[0] * node.kernel[1]
+        elif isinstance(node, ir.Add):
+            B[n] = sum(ins)
+        else:
+            B[n] = ins[0]
+    return B
+
+
+def _nthreads() -> int:
+    """Threads for the numba kernels of the fast sync path: as many as PyTorch uses (at most 8)."""
+    return max(1, min(int(torch.get_num_threads()), os.cpu_count() or 1, 8))
+
+
+def _in_threads(fn, jobs: list) -> list:
+    """``[fn(*a) for a in jobs]``, the first job in this thread and the others in short-lived threads
+    (the numba kernels release the GIL). No thread outlives the call, so nothing is left running
+    when other code forks (e.g. Lava's processes)."""
+    if len(jobs) <= 1:
+        return [fn(*a) for a in jobs]
+    res: list = [None] * len(jobs)
+    errs: list = []
+
+    def run(k):
+        try:
+            res[k] = fn(*jobs[k])
+        except BaseException as e:  # pragma: no cover - re-raised below
+            errs.append(e)
+
+    ths = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(1, len(jobs))]
+    for t in ths:
+        t.start()
+    run(0)
+    for t in ths:
+        t.join()
+    if errs:  # pragma: no cover
+        raise errs[0]
+    return res
+
+
 def _exact_at(ap: _Approx, fl: _FastLayer, idx: np.ndarray, nidx: int) -> np.ndarray:
     """Exact integer sums (no bias) of a fast layer at flat output indices ``idx[:nidx]``."""
     node, w64, out = ap.node, fl.w64, np.empty(nidx)
     x = ap.x.numpy()
+    T = min(_nthreads(), max(1, nidx // 256))
+    cuts = [(nidx * k // T, nidx * (k + 1) // T) for k in range(T)]
     if isinstance(node, ir.Linear):
         K = x.shape[-1]
-        kernels.linear_exact_at(np.ascontiguousarray(x.reshape(-1, K)), w64, idx, nidx, out)
+        x2 = np.ascontiguousarray(x.reshape(-1, K))
+        _in_threads(kernels.linear_exact_at, [(x2, w64, idx[a:b], b - a, out[a:b]) for a, b in cuts])
         return out
     if isinstance(node, ir.Conv1d):
         def one(v):
             return int(np.atleast_1d(v)[0])
-        x4 = x[:, :, None, :]
+        x4 = x[:, :, None, :].transpose(0, 2, 3, 1)
         Ho, Wo = 1, ap.y.shape[2]
         sh, sw, ph, pw, dh, dw = 1, one(node.stride), 0, one(node.padding), 1, one(node.dilation)
     else:
-        x4 = x
+        x4 = ap.x.permute(0, 2, 3, 1).contiguous().numpy()  # channels-last (only when refining)
         Ho, Wo = ap.y.shape[2], ap.y.shape[3]
         (sh, sw), (ph, pw), (dh, dw) = node.stride, node.padding, node.dilation
-    kernels.conv2d_exact_at(np.ascontiguousarray(x4), w64, idx, nidx, ap.y.shape[1], Ho, Wo, int(sh), int(sw),
-                            int(ph), int(pw), int(dh), int(dw), int(node.groups), out)
+    x4 = np.ascontiguousarray(x4)
+    geo = (ap.y.shape[1], Ho, Wo, int(sh), int(sw), int(ph), int(pw), int(dh), int(dw), int(node.groups))
+    _in_threads(kernels.conv2d_exact_at, [(x4, w64, idx[a:b], b - a) + geo + (out[a:b],) for a, b in cuts])
     return out
 
 
@@ -240,6 +317,16 @@ class _Exec:
         self.quantized = quantized
         self.dtype = (torch.float32 if quantized and int(q.get("accumulation_limit", 2 ** 52)) <= 2 ** 24
                       else torch.float64)
+        self.limbs: dict[str, tuple] = {}
+        self.fast: dict[str, _FastLayer] = {}
+        bounds = None
+        if quantized and self.dtype == torch.float64 and q.get("input_bound_int") is not None:
+            try:
+                bounds = _value_bounds(graph, int(q["input_bound_int"]))
+            except Exception:  # pragma: no cover - incomplete quantisation: stay on float64
+                bounds = None
+        if bounds is not None and fast and _fp32_is_ieee():
+            self._plan_fast(graph, bounds)
         self.w, self.b = {}, {}
         for n in graph.of_type(*ir.WEIGHT_NODES):
             node = graph.nodes[n]
@@ -247,21 +334,11 @@ class _Exec:
             if w is None:
                 raise NeurodeployError("weight layer has no quantised weights", layer=node.source or n,
                                        fix="run the target's quantize first")
+            if n in self.fast:  # its own float32 / exact float64 copies
+                continue
             self.w[n] = torch.as_tensor(np.asarray(w), dtype=self.dtype)
             self.b[n] = None if b is None else torch.as_tensor(np.asarray(b), dtype=self.dtype)
-        self.limbs: dict[str, tuple] = {}
-        self.fast: dict[str, _FastLayer] = {}
-        bounds = None
-        if quantized and self.dtype == torch.float64 and q.get("input_bound_int") is not None:
-            from ..passes.quantize import _int_bounds
-
-            try:
-                bounds, _ = _int_bounds(graph, int(q["input_bound_int"]))
-            except Exception:  # pragma: no cover - incomplete quantisation: stay on float64
-                bounds = None
         if bounds is not None:
-            if fast and _fp32_is_ieee():
-                self._plan_fast(graph, bounds)
             # exact limb convolutions for the layers the fast path does not cover (and for the
             # time-stepped path, record_trains=True)
             self._plan_limbs(graph, bounds, skip=set(self.fast))
@@ -284,28 +361,34 @@ class _Exec:
             if not wq.size or bx >= 2 ** 24 or (fan + 2) * _U32 > 1e-3:
                 continue
             O = wq.shape[0]
-            s_abs = np.abs(wq).reshape(O, -1).sum(1).astype(np.float64)  # exact int64 sums (< 2**52)
-            gamma = (fan + 2) * _U32 / (1.0 - (fan + 2) * _U32) * (1.0 + 2.0 ** -20)
-            err = gamma * s_abs * float(bx)  # bound on |float32 result - exact| per output channel
+            bq = None if node.bias_q is None else np.asarray(node.bias_q, dtype=np.int64).reshape(-1)
+            # Σ_i |w_oi|·max|x| + |b_o|, exact in int64 (< 2**52 by the quantiser)
+            tot = np.abs(wq).reshape(O, -1).sum(1) * bx + (0 if bq is None else np.abs(bq))
+            # fan + 1 products (the bias is one more term, times 1), each rounded to float32 twice
+            # (the weight, the product) and summed in any order: |error| <= γ_{fan+3}·Σ|terms|
+            gamma = (fan + 3) * _U32 / (1.0 - (fan + 3) * _U32) * (1.0 + 2.0 ** -20)
             w64 = wq.astype(np.float64)
             if isinstance(node, ir.Conv1d):
                 w64 = w64[:, :, None, :]
-            bq = node.bias_q
+            if w64.ndim == 4:  # [O, KH, KW, C/g] for the channels-last exact refinement
+                w64 = w64.transpose(0, 2, 3, 1)
             self.fast[n] = _FastLayer(
-                w32=torch.as_tensor(wq, dtype=torch.float32), w64=np.ascontiguousarray(w64),
-                bias=(np.zeros(1) if bq is None else np.asarray(bq, dtype=np.float64).reshape(-1)),
-                has_bias=bq is not None, err=np.ascontiguousarray(err), O=O)
+                w32=torch.as_tensor(wq, dtype=torch.float32),
+                b32=None if bq is None else torch.as_tensor(bq, dtype=torch.float32),
+                w64=np.ascontiguousarray(w64),
+                bias=(np.zeros(1) if bq is None else bq.astype(np.float64)),
+                has_bias=bq is not None, err=float(gamma * float(tot.max())), O=O)
 
     def lin_fast(self, name: str, node, x: torch.Tensor) -> "_Approx":
-        """Float32 result of a fast layer (no bias), with its float32 input for the exact refinement."""
+        """Float32 result of a fast layer, with its float32 input for the exact refinement."""
         fl = self.fast[name]
         xf = x.to(torch.float32)  # integers below 2**24: exact
         if isinstance(node, ir.Conv2d):
-            y = F.conv2d(xf, fl.w32, None, node.stride, node.padding, node.dilation, node.groups)
+            y = F.conv2d(xf, fl.w32, fl.b32, node.stride, node.padding, node.dilation, node.groups)
         elif isinstance(node, ir.Conv1d):
-            y = F.conv1d(xf, fl.w32, None, node.stride, node.padding, node.dilation, node.groups)
+            y = F.conv1d(xf, fl.w32, fl.b32, node.stride, node.padding, node.dilation, node.groups)
         else:
-            y = F.linear(xf, fl.w32)
+            y = F.linear(xf, fl.w32, fl.b32)
         return _Approx(y.contiguous(), xf, name, node)
 
     # Exact integer convolutions on float32 hardware paths: a weight layer whose inputs are small

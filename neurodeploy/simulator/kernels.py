@@ -159,101 +159,59 @@ def recombine_limbs(y, pw, bias, has_bias, S, out):
 # -- filter-and-refine sync path (see simulator.core, "fast exact sync path") ----------------------
 
 @njit(cache=True, nogil=True)
-def if_sync_closed_form(y, bias, has_bias, O, S, v0, hi, theta, D, margin, counts, counts64, flagged):
-    """Counts from *approximate* currents ``y`` (float32 [R, O, S] flat, no bias) whose error is at
-    most ``margin[o] - 2·tol·θ`` (channel ``o``): v = y + bias[o] + v0, n = clip(floor(v/θ), 0, D),
-    written to ``counts`` (float32, the next layer's input) and ``counts64`` (int64, the result).
+def if_sync_closed_form(y, v0, hi, theta, D, m, counts, counts64, flagged):
+    """Counts from *approximate* membranes ``y + v0`` (``y``: float32 currents, bias included)
+    whose error is at most ``m - 2·tol·θ``: n = clip(floor((y + v0)/θ), 0, D), written to ``counts``
+    (float32, the next layer's input) and ``counts64`` (int64, the result).
 
-    A neuron whose approximate membrane lies within ``margin[o]`` of a firing boundary k·θ
-    (1 <= k <= D), or above ``hi - margin[o]`` (saturation), is not decided here: its flat index is
-    written to ``flagged`` (its count is recomputed from the exact current). Every other neuron's
-    exact membrane is on the same side of every boundary as the approximate one and is no tie, so
-    its count is exact. Returns the number of flagged neurons."""
+    A neuron whose approximate membrane lies within ``m`` of a firing boundary k·θ (1 <= k <= D),
+    or above ``hi - m`` (saturation), is not decided here: its flat index is written to
+    ``flagged`` (its count is recomputed from the exact current). Every other neuron's exact
+    membrane is on the same side of every boundary as the approximate one and is no tie, so its
+    count is exact. Returns the number of flagged neurons."""
     n = y.shape[0]
-    R = n // (O * S)
     inv = 1.0 / theta
     Df = float(D)
+    lo_hi = hi - m
     nf = 0
-    fb = np.zeros(max(O, _BS), dtype=np.int32)
-    if S == 1:  # [R, O] (linear layers): vectorise along the channels
-        add = np.empty(O)
-        lo_hi = np.empty(O)
-        for o in range(O):
-            add[o] = v0 + (bias[o] if has_bias else 0.0)
-            lo_hi[o] = hi - margin[o]
-        for r in range(R):
-            nf = _closed_form_channels(y, r * O, O, add, margin, lo_hi, inv, theta, Df, counts, counts64,
-                                       flagged, nf, fb)
-        return nf
-    for r in range(R):
-        for o in range(O):
-            add = v0 + (bias[o] if has_bias else 0.0)
-            row = (r * O + o) * S
-            for s0 in range(row, row + S, _BS):  # blocks: flagged neurons are collected only where present
-                nf = _closed_form_row(y, s0, min(_BS, row + S - s0), add, margin[o], hi - margin[o], inv, theta,
-                                      Df, counts, counts64, flagged, nf, fb)
+    BS = 128  # blocks: the (rare) flagged neurons are collected only in blocks that have some
+    fb = np.zeros(BS, dtype=np.int32)
+    nb = (n + BS - 1) // BS
+    for b in range(nb):
+        s0 = b * BS
+        L = min(n - s0, BS)
+        anyf = 0
+        for j in range(L):  # branch-free, vectorisable
+            v = np.float64(y[s0 + j]) + v0
+            u = v * inv
+            c = min(max(np.floor(u), 0.0), Df)
+            counts[s0 + j] = c
+            counts64[s0 + j] = np.int64(c)
+            k = min(max(np.floor(u + 0.5), 1.0), Df)
+            anyf += (np.abs(v - k * theta) <= m) | (v >= lo_hi)
+        if anyf:
+            for j in range(L):
+                v = np.float64(y[s0 + j]) + v0
+                k = min(max(np.floor(v * inv + 0.5), 1.0), Df)
+                fb[j] = (np.abs(v - k * theta) <= m) | (v >= lo_hi)
+            for j in range(L):
+                if fb[j]:
+                    flagged[nf] = s0 + j
+                    nf += 1
     return nf
 
 
-_BS = 128
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _closed_form_row(y, s0, L, add, m, lo_hi, inv, theta, Df, counts, counts64, flagged, nf, fb):
-    """:func:`if_sync_closed_form` on y[s0:s0+L] (one channel)."""
-    anyf = 0
-    for j in range(L):  # branch-free, vectorisable
-        v = np.float64(y[s0 + j]) + add
-        u = v * inv
-        c = min(max(np.floor(u), 0.0), Df)
-        counts[s0 + j] = c
-        counts64[s0 + j] = np.int64(c)
-        k = min(max(np.floor(u + 0.5), 1.0), Df)
-        anyf += (np.abs(v - k * theta) <= m) | (v >= lo_hi)
-    if anyf:
-        for j in range(L):
-            v = np.float64(y[s0 + j]) + add
-            k = min(max(np.floor(v * inv + 0.5), 1.0), Df)
-            fb[j] = (np.abs(v - k * theta) <= m) | (v >= lo_hi)
-        for j in range(L):
-            if fb[j]:
-                flagged[nf] = s0 + j
-                nf += 1
-    return nf
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _closed_form_channels(y, s0, L, add, m, lo_hi, inv, theta, Df, counts, counts64, flagged, nf, fb):
-    """:func:`if_sync_closed_form` on y[s0:s0+L] = one row of an [R, O] result (channel j)."""
-    anyf = 0
-    for j in range(L):
-        v = np.float64(y[s0 + j]) + add[j]
-        u = v * inv
-        c = min(max(np.floor(u), 0.0), Df)
-        counts[s0 + j] = c
-        counts64[s0 + j] = np.int64(c)
-        k = min(max(np.floor(u + 0.5), 1.0), Df)
-        anyf += (np.abs(v - k * theta) <= m[j]) | (v >= lo_hi[j])
-    if anyf:
-        for j in range(L):
-            v = np.float64(y[s0 + j]) + add[j]
-            k = min(max(np.floor(v * inv + 0.5), 1.0), Df)
-            fb[j] = (np.abs(v - k * theta) <= m[j]) | (v >= lo_hi[j])
-        for j in range(L):
-            if fb[j]:
-                flagged[nf] = s0 + j
-                nf += 1
-    return nf
-
-
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def conv2d_exact_at(x, w, idx, nidx, O, Ho, Wo, sh, sw, ph, pw, dh, dw, groups, out):
     """Exact integer conv outputs (no bias) at the flat output indices ``idx[:nidx]`` of an
-    [B, O, Ho, Wo] result: float64 products and sums of integers (every partial sum is bounded by
-    Σ|w|·max|x| < 2**52, so exact). ``x``: [B, C, H, W]; ``w``: [O, C/groups, KH, KW] float64."""
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    Cg, KH, KW = w.shape[1], w.shape[2], w.shape[3]
+    [B, O, Ho, Wo] result. ``x``: channels-last [B, H, W, C] (float32 integers); ``w``:
+    [O, KH, KW, C/groups] float64 integers. Float64 products and sums of integers are exact in any
+    order (every partial sum is bounded by Σ|w|·max|x| < 2**52), hence ``reassoc`` is harmless."""
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
+    KH, KW, Cg = w.shape[1], w.shape[2], w.shape[3]
     Og = O // groups
+    xf = x.reshape(-1)
+    wf = w.reshape(-1)
     for t in range(nidx):
         i = idx[t]
         ow = i % Wo
@@ -262,22 +220,25 @@ def conv2d_exact_at(x, w, idx, nidx, O, Ho, Wo, sh, sw, ph, pw, dh, dw, groups, 
         q = q // Ho
         o = q % O
         b = q // O
+        h0 = oh * sh - ph
+        w0 = ow * sw - pw
+        # kernel rows / columns that fall inside the (unpadded) input
+        kh0 = 0 if h0 >= 0 else (-h0 + dh - 1) // dh
+        kh1 = min(KH, (H - 1 - h0) // dh + 1) if H - 1 - h0 >= 0 else 0
+        kw0 = 0 if w0 >= 0 else (-w0 + dw - 1) // dw
+        kw1 = min(KW, (W - 1 - w0) // dw + 1) if W - 1 - w0 >= 0 else 0
         c0 = (o // Og) * Cg
         acc = 0.0
-        for c in range(Cg):
-            for kh in range(KH):
-                hh = oh * sh - ph + kh * dh
-                if hh < 0 or hh >= H:
-                    continue
-                for kw in range(KW):
-                    ww = ow * sw - pw + kw * dw
-                    if ww < 0 or ww >= W:
-                        continue
-                    acc += np.float64(x[b, c0 + c, hh, ww]) * w[o, c, kh, kw]
+        for kh in range(kh0, kh1):
+            for kw in range(kw0, kw1):
+                xr = ((b * H + h0 + kh * dh) * W + w0 + kw * dw) * C + c0
+                wr = ((o * KH + kh) * KW + kw) * Cg
+                for c in range(Cg):  # contiguous in both
+                    acc += np.float64(xf[xr + c]) * wf[wr + c]
         out[t] = acc
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def linear_exact_at(x, w, idx, nidx, out):
     """Exact ``x @ w.T`` (no bias) at flat indices of an [R, O] result; ``x`` [R, K], ``w`` [O, K]."""
     O, K = w.shape

@@ -37,6 +37,7 @@ import math
 import numpy as np
 
 from ... import ir
+from ...calibration import input_peak, is_signed
 from ...errors import NeurodeployError
 
 VTH_MAX = (1 << 17) - 1
@@ -166,16 +167,6 @@ def dense_synapse(stored: np.ndarray, weight_exp: int, s) -> "np.ndarray":
 
 # -- quantisation of a canonical graph ------------------------------------------------------------
 
-def _as_np(x):
-    try:
-        import torch
-        if isinstance(x, torch.Tensor):
-            return x.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
-    return np.asarray(x)
-
-
 def quantize(graph: ir.Graph, calibration=None, *, input_bits: int = 8,
              input_range: float | None = None, guard_state: bool = True) -> ir.Graph:
     """Quantised copy of a canonical graph for Loihi 2 (see the module docstring)."""
@@ -192,8 +183,7 @@ def quantize(graph: ir.Graph, calibration=None, *, input_bits: int = 8,
         inp.scale_q = 1
     else:
         if calibration is not None:
-            c = _as_np(calibration).astype(np.float64)
-            amax, signed = float(np.max(np.abs(c))) or 1.0, bool(np.min(c) < 0)
+            amax, signed = input_peak(calibration) or 1.0, is_signed(calibration)
         else:
             amax, signed = float(input_range or 1.0), True
         qmax = 2 ** (input_bits - 1) - 1 if signed else 2 ** input_bits - 1

@@ -29,6 +29,7 @@ import warnings
 import numpy as np
 
 from ... import ir, ops
+from ...calibration import input_peak
 from ...errors import NeurodeployError
 from .layers import INPUT, extract
 
@@ -119,9 +120,8 @@ def quantize(graph: ir.Graph, calibration=None, *, input_scale: float | None = N
     s_in = 1.0
     if not inp.is_spikes:
         if input_scale is None:
-            if calibration is not None:
-                m = float(np.abs(np.asarray(calibration, dtype=np.float64)).max())
-                input_scale = max_input_events / m if m > 0 else 1.0
+            if (peak := input_peak(calibration)) is not None:
+                input_scale = max_input_events / peak if peak > 0 else 1.0
             else:
                 input_scale = 1.0
                 warn(f"input '{net.input_name}' is real-valued and no input_scale/calibration was given: it is "
