@@ -244,3 +244,143 @@ def test_conv1d_reshape_linear_chain_and_grouped_conv1d():
         np.testing.assert_array_equal(r.counts[n], f[n].numpy())  # conv->conv chain keeps precision too
     st = simulate(q, x, schedule="streaming")
     np.testing.assert_array_equal(st.counts["n"], r.counts["n"])
+
+
+# -- fast exact sync path (float32 filter + exact refinement) ---------------------------------------
+
+def _fast_layers(q):
+    from neurodeploy.simulator.core import _Exec
+    return set(_Exec(q, True, fast=True).fast)
+
+
+@pytest.mark.parametrize("seed,integer,scale", CASES + [(6, True, 3.0), (7, False, 1.5)])
+def test_fast_sync_equals_time_stepped_path(seed, integer, scale):
+    g = random_conv_graph(seed, integer_weights=integer)
+    x = random_input(g, 16, seed, scale=scale, integer=integer)
+    q = quantize_fixed_point(canonicalize(g), calibration=x)
+    assert _fast_layers(q)  # the path is exercised (c1, c4, fc: read only by IF neurons)
+    fast = simulate(q, x)
+    stepped = simulate(q, x, fast_sync=False)
+    trains = simulate(q, x, record_trains=True)  # the time-stepped kernels with recorded trains
+    ref = ops.evaluate(q, x)
+    _assert_counts_equal(fast, ref, q)
+    for n in q.neurons():
+        np.testing.assert_array_equal(fast.counts[n], stepped.counts[n])
+        np.testing.assert_array_equal(fast.counts[n], trains.counts[n])
+        assert fast.counts[n].dtype == np.int64
+    assert fast.near_ties == stepped.near_ties == trains.near_ties
+    for o in fast.outputs:
+        np.testing.assert_array_equal(fast.outputs[o], stepped.outputs[o])
+
+
+@pytest.mark.parametrize("seed,integer", [(1, True), (2, False), (3, True)])
+def test_fast_sync_refinement_alone_is_exact(monkeypatch, seed, integer):
+    # every neuron of the fast layers goes through the exact refinement (integer conv/linear at
+    # gathered indices + time-stepped kernel)
+    import neurodeploy.simulator.core as core
+    g = random_conv_graph(seed, integer_weights=integer)
+    x = random_input(g, 9, seed, scale=2.0, integer=integer)
+    q = quantize_fixed_point(canonicalize(g), calibration=x)
+    monkeypatch.setattr(core, "_REFINE_ALL", True)
+    r = simulate(q, x)
+    monkeypatch.setattr(core, "_REFINE_ALL", False)
+    s = simulate(q, x, fast_sync=False)
+    _assert_counts_equal(r, ops.evaluate(q, x), q)
+    assert r.near_ties == s.near_ties
+
+
+def test_fast_sync_conv_geometries_and_saturation(monkeypatch):
+    # strides, dilation, padding, groups, Conv1d, a Linear on a 3-d input; membrane saturation
+    # (state_bits) so that the clamp at hi matters; with and without forced refinement
+    import neurodeploy.simulator.core as core
+    rng = np.random.default_rng(11)
+    g = ir.Graph()
+    g.add("x", ir.Input(input_shape=(2, 9, 7)))
+    g.add("c", ir.Conv2d(weight=rng.normal(size=(6, 2, 3, 2)), bias=rng.normal(size=6) * 0.3, stride=(2, 1),
+                         padding=(1, 2), dilation=(1, 2)), "x")
+    g.add("n", ir.IFNeuron(threshold=1.0, v_init=0.5, max_spikes=4, rounding="half_even"), "c")
+    g.add("g", ir.Conv2d(weight=rng.normal(size=(6, 3, 3, 3)), bias=None, padding=2, dilation=2, groups=2), "n")
+    g.add("n2", ir.IFNeuron(threshold=0.5, v_init=0.25, max_spikes=3), "g")
+    g.add("r", ir.Reshape(target_shape=(6, 45)), "n2")
+    g.add("c1", ir.Conv1d(weight=rng.normal(size=(4, 3, 3)) * 0.5, bias=rng.normal(size=4), stride=2, padding=2,
+                          dilation=2, groups=2), "r")
+    g.add("n3", ir.IFNeuron(threshold=1.0, v_init=0.5, max_spikes=8), "c1")
+    g.add("fc", ir.Linear(weight=rng.normal(size=(5, 23)) * 0.4, bias=rng.normal(size=5)), "n3")
+    g.add("n4", ir.IFNeuron(threshold=1.0, v_init=0.5, max_spikes=2, rounding="half_even"), "fc")
+    g.add("out", ir.Output(), "n4")
+    ir.infer_shapes(g)
+    assert g.nodes["r"].shape == (6, 45) and g.nodes["n4"].shape == (4, 5)
+    x = rng.normal(size=(24, 2, 9, 7)) * 2
+    q = quantize_fixed_point(canonicalize(g), calibration=x)
+    assert _fast_layers(q) == {"c", "g", "c1", "fc"}
+    for refine_all in (False, True):
+        monkeypatch.setattr(core, "_REFINE_ALL", refine_all)
+        _assert_counts_equal(simulate(q, x), ops.evaluate(q, x), q)
+    monkeypatch.setattr(core, "_REFINE_ALL", False)
+    # saturating membranes: hi = 2**(bits-1) - 1 below D·θ
+    for n in q.neurons():
+        node = q.nodes[n]
+        node.state_bits = int(np.log2(node.threshold_q * node.max_spikes)) + 1
+    ref = ops.evaluate(q, x)
+    sat = simulate(q, x)
+    _assert_counts_equal(sat, ref, q)
+    for n in q.neurons():
+        np.testing.assert_array_equal(sat.counts[n], simulate(q, x, fast_sync=False).counts[n])
+
+
+def test_fast_sync_many_exact_ties():
+    # integer weights and inputs: a large share of the currents hit a firing boundary exactly
+    rng = np.random.default_rng(5)
+    g = ir.Graph()
+    g.add("x", ir.Input(input_shape=(3, 6, 6)))
+    g.add("c", ir.Conv2d(weight=rng.integers(-3, 4, size=(8, 3, 3, 3)).astype(float),
+                         bias=rng.integers(-2, 3, size=8) + 0.5, padding=1), "x")
+    g.add("n", ir.IFNeuron(threshold=1.0, v_init=0.0, max_spikes=4, rounding="half_even"), "c")
+    g.add("f", ir.Flatten(), "n")
+    g.add("fc", ir.Linear(weight=rng.integers(-2, 3, size=(7, 288)).astype(float) / 2, bias=None), "f")
+    g.add("n2", ir.IFNeuron(threshold=2.0, v_init=1.0, max_spikes=4, rounding="half_up"), "fc")
+    g.add("out", ir.Output(), "n2")
+    ir.infer_shapes(g)
+    x = rng.integers(0, 3, size=(50, 3, 6, 6)).astype(float)
+    q = quantize_fixed_point(canonicalize(g), calibration=x)
+    assert _fast_layers(q) == {"c", "fc"}
+    r = simulate(q, x)
+    _assert_counts_equal(r, ops.evaluate(q, x), q)
+    assert r.near_ties["n"] > 100  # exact ties are refined, counted and rounded half-even
+    assert r.near_ties == simulate(q, x, fast_sync=False).near_ties
+
+
+def test_fast_sync_off_for_reduced_precision_and_limb_layers():
+    g = canonicalize(random_conv_graph(0))
+    x = random_input(g, 6, 0)
+    q = quantize_fixed_point(g, calibration=x)
+    fast = _fast_layers(q)
+    # c2/dw/c3 feed Adds (exact values needed), the others only IF neurons
+    assert fast == {"c1", "c4", "fc"}
+    prev = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")  # TF32/bf16 allowed: no float32 error bound
+        assert _fast_layers(q) == set()
+        _assert_counts_equal(simulate(q, x), ops.evaluate(q, x), q)
+    finally:
+        torch.set_float32_matmul_precision(prev)
+
+
+def test_fast_sync_threads_and_batches():
+    # layers above the threading threshold are split into chunks; batches give the same result
+    import neurodeploy.simulator.core as core
+    g = random_conv_graph(4, size=16, channels=8)
+    x = random_input(g, 160, 4, scale=1.5)
+    q = quantize_fixed_point(canonicalize(g), calibration=x)
+    assert 160 * 8 * 16 * 16 >= core._PAR_MIN
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = simulate(q, x)
+        b = simulate(q, x, batch_size=37)
+    finally:
+        torch.set_num_threads(prev)
+    ref = ops.evaluate(q, x)
+    _assert_counts_equal(a, ref, q)
+    _assert_counts_equal(b, ref, q)
+    assert a.near_ties == b.near_ties
