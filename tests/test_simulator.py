@@ -273,6 +273,19 @@ def test_fast_sync_equals_time_stepped_path(seed, integer, scale):
         np.testing.assert_array_equal(fast.outputs[o], stepped.outputs[o])
 
 
+@pytest.mark.parametrize("seed,integer,scale", CASES[:3])
+def test_fast_sync_float64_filter_variant(monkeypatch, seed, integer, scale):
+    # the float64 closed-form/filter kernel (the float32 one is the default) is exact as well
+    import neurodeploy.simulator.core as core
+    g = random_conv_graph(seed, integer_weights=integer)
+    x = random_input(g, 16, seed, scale=scale, integer=integer)
+    q = quantize_fixed_point(canonicalize(g), calibration=x)
+    monkeypatch.setattr(core, "_CLOSED_FORM_F32", False)
+    r = simulate(q, x)
+    _assert_counts_equal(r, ops.evaluate(q, x), q)
+    assert r.near_ties == simulate(q, x, fast_sync=False).near_ties
+
+
 @pytest.mark.parametrize("seed,integer", [(1, True), (2, False), (3, True)])
 def test_fast_sync_refinement_alone_is_exact(monkeypatch, seed, integer):
     # every neuron of the fast layers goes through the exact refinement (integer conv/linear at
@@ -310,7 +323,7 @@ def test_fast_sync_conv_geometries_and_saturation(monkeypatch):
     g.add("out", ir.Output(), "n4")
     ir.infer_shapes(g)
     assert g.nodes["r"].shape == (6, 45) and g.nodes["n4"].shape == (4, 5)
-    x = rng.normal(size=(24, 2, 9, 7)) * 2
+    x = np.round(rng.normal(size=(24, 2, 9, 7)) * 32) / 16  # dyadic: 4 fractional bits, fast first layer
     q = quantize_fixed_point(canonicalize(g), calibration=x)
     assert _fast_layers(q) == {"c", "g", "c1", "fc"}
     for refine_all in (False, True):
@@ -334,7 +347,7 @@ def test_fast_sync_many_exact_ties():
     g = ir.Graph()
     g.add("x", ir.Input(input_shape=(3, 6, 6)))
     g.add("c", ir.Conv2d(weight=rng.integers(-3, 4, size=(8, 3, 3, 3)).astype(float),
-                         bias=rng.integers(-2, 3, size=8) + 0.5, padding=1), "x")
+                         bias=rng.integers(-2, 3, size=8).astype(float), padding=1), "x")
     g.add("n", ir.IFNeuron(threshold=1.0, v_init=0.0, max_spikes=4, rounding="half_even"), "c")
     g.add("f", ir.Flatten(), "n")
     g.add("fc", ir.Linear(weight=rng.integers(-2, 3, size=(7, 288)).astype(float) / 2, bias=None), "f")
@@ -355,8 +368,9 @@ def test_fast_sync_off_for_reduced_precision_and_limb_layers():
     x = random_input(g, 6, 0)
     q = quantize_fixed_point(g, calibration=x)
     fast = _fast_layers(q)
-    # c2/dw/c3 feed Adds (exact values needed), the others only IF neurons
-    assert fast == {"c1", "c4", "fc"}
+    # c2/dw/c3 feed Adds (exact values needed); c1 reads real-valued inputs quantised with more than
+    # 24 bits (not exact in float32): those use the exact limb convolutions
+    assert fast == {"c4", "fc"}
     prev = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("medium")  # TF32/bf16 allowed: no float32 error bound
@@ -366,13 +380,11 @@ def test_fast_sync_off_for_reduced_precision_and_limb_layers():
         torch.set_float32_matmul_precision(prev)
 
 
-def test_fast_sync_threads_and_batches():
-    # layers above the threading threshold are split into chunks; batches give the same result
-    import neurodeploy.simulator.core as core
+def test_fast_sync_batches_and_threads():
+    # chunked batches and several PyTorch threads give the same (exact) result
     g = random_conv_graph(4, size=16, channels=8)
     x = random_input(g, 160, 4, scale=1.5)
     q = quantize_fixed_point(canonicalize(g), calibration=x)
-    assert 160 * 8 * 16 * 16 >= core._PAR_MIN
     prev = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -384,3 +396,35 @@ def test_fast_sync_threads_and_batches():
     _assert_counts_equal(a, ref, q)
     _assert_counts_equal(b, ref, q)
     assert a.near_ties == b.near_ties
+
+
+@pytest.mark.parametrize("C,O,H,W,KH,KW,s,p,d,g", [
+    (4, 8, 9, 7, 3, 3, 1, 1, 1, 1), (4, 8, 9, 7, 3, 2, 2, 1, 1, 2), (6, 6, 10, 10, 3, 3, 1, 2, 2, 6),
+    (3, 5, 5, 6, 1, 1, 1, 0, 1, 1), (2, 4, 8, 8, 5, 3, 3, 2, 1, 2), (4, 4, 3, 3, 3, 3, 1, 3, 2, 1)])
+def test_exact_conv_kernels_at_indices(C, O, H, W, KH, KW, s, p, d, g):
+    from neurodeploy.simulator import kernels
+    rng = np.random.default_rng(C * 100 + O)
+    x = rng.integers(0, 5, (3, C, H, W)).astype(np.float32)
+    w = rng.integers(-2 ** 40, 2 ** 40, (O, C // g, KH, KW)).astype(np.float64)
+    ref = torch.nn.functional.conv2d(torch.tensor(x, dtype=torch.float64), torch.tensor(w), None, s, p, d, g).numpy()
+    Ho, Wo = ref.shape[2:]
+    idx = rng.permutation(ref.size)[: max(1, ref.size // 2)].astype(np.int64)
+    a, b = np.empty(idx.size), np.empty(idx.size)
+    kernels.conv2d_exact_at_nchw(x, w, idx, idx.size, O, Ho, Wo, s, s, p, p, d, d, g, a)
+    xl, wl = (np.ascontiguousarray(t.transpose(0, 2, 3, 1)) for t in (x, w))  # channels-last
+    kernels.conv2d_exact_at(xl, wl, idx, idx.size, O, Ho, Wo, s, s, p, p, d, d, g, b)
+    np.testing.assert_array_equal(a, ref.reshape(-1)[idx])
+    np.testing.assert_array_equal(b, ref.reshape(-1)[idx])
+
+
+def test_simulate_again_after_in_place_edits():
+    # the per-graph cache of converted weights must notice edits made in place
+    g = random_conv_graph(2)
+    x = random_input(g, 8, 2)
+    q = quantize_fixed_point(canonicalize(g), calibration=x)
+    _assert_counts_equal(simulate(q, x), ops.evaluate(q, x), q)
+    q.nodes["c4"].weight_q[0] //= 2  # same array object, new values
+    q.nodes["fc"].bias_q[:] = q.nodes["fc"].bias_q[::-1].copy()
+    q.nodes["n4"].max_spikes = 2  # a field (the fc layer's input bound changes)
+    q.nodes["c1"].weight_q = q.nodes["c1"].weight_q * 0 + 1  # a new array
+    _assert_counts_equal(simulate(q, x), ops.evaluate(q, x), q)

@@ -1,8 +1,12 @@
 """Fused per-neuron IF kernels (numba): one pass over memory per layer instead of ~5·D tensor ops.
 
-Each kernel still steps every neuron through its timesteps (membrane, threshold, subtractive
-reset, one spike per step); it only fuses the loops. A pure-torch fallback is used when numba is
-not available.
+``if_sync_kernel*`` / ``if_stream_kernel`` / ``if_sync_refine`` step every neuron they handle
+through its timesteps (membrane, threshold, subtractive reset, one spike per step); they only fuse
+the loops. The exact fast sync path (see :mod:`neurodeploy.simulator.core`) adds
+``if_sync_closed_form*`` (closed-form counts where a float32 error bound decides them, and the list
+of neurons it cannot decide), ``conv2d_exact_at*`` / ``linear_exact_at`` (exact integer sums at those
+neurons) and ``if_sync_refine`` (their time-stepped dynamics). No kernel uses threads. A pure-torch
+fallback (time-stepped path only) is used when numba is not available.
 """
 
 from __future__ import annotations
@@ -201,6 +205,44 @@ def if_sync_closed_form(y, v0, hi, theta, D, m, counts, counts64, flagged):
     return nf
 
 
+@njit(cache=True, nogil=True)
+def if_sync_closed_form32(y, inv, a, lo_hi, D, m, counts, counts64, flagged):
+    """:func:`if_sync_closed_form` in float32 and threshold units: u = y·inv + a (``inv`` ≈ 1/θ,
+    ``a`` ≈ v0/θ, all float32), n = clip(floor(u), 0, D); flagged where |u − k| <= ``m`` for the
+    nearest k in 1..D, or u >= ``lo_hi``. The caller folds the float32 roundings of inv, a, the
+    product and the sum into ``m`` and ``lo_hi`` (see simulator.core._if_sync_fast)."""
+    n = y.shape[0]
+    Df = np.float32(D)
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    half = np.float32(0.5)
+    nf = 0
+    BS = 128  # blocks: the (rare) flagged neurons are collected only in blocks that have some
+    fb = np.zeros(BS, dtype=np.int32)
+    nb = (n + BS - 1) // BS
+    for b in range(nb):
+        s0 = b * BS
+        L = min(n - s0, BS)
+        anyf = 0
+        for j in range(L):  # branch-free, vectorisable
+            u = y[s0 + j] * inv + a
+            c = min(max(np.floor(u), zero), Df)
+            counts[s0 + j] = c
+            counts64[s0 + j] = np.int64(c)
+            k = min(max(np.floor(u + half), one), Df)
+            anyf += (np.abs(u - k) <= m) | (u >= lo_hi)
+        if anyf:
+            for j in range(L):
+                u = y[s0 + j] * inv + a
+                k = min(max(np.floor(u + half), one), Df)
+                fb[j] = (np.abs(u - k) <= m) | (u >= lo_hi)
+            for j in range(L):
+                if fb[j]:
+                    flagged[nf] = s0 + j
+                    nf += 1
+    return nf
+
+
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def conv2d_exact_at(x, w, idx, nidx, O, Ho, Wo, sh, sw, ph, pw, dh, dw, groups, out):
     """Exact integer conv outputs (no bias) at the flat output indices ``idx[:nidx]`` of an
@@ -236,6 +278,54 @@ def conv2d_exact_at(x, w, idx, nidx, O, Ho, Wo, sh, sw, ph, pw, dh, dw, groups, 
                 for c in range(Cg):  # contiguous in both
                     acc += np.float64(xf[xr + c]) * wf[wr + c]
         out[t] = acc
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def conv2d_exact_at_nchw(x, w, idx, nidx, O, Ho, Wo, sh, sw, ph, pw, dh, dw, groups, out):
+    """:func:`conv2d_exact_at` reading ``x`` [B, C, H, W] and ``w`` [O, C/groups, KH, KW] directly
+    (cheaper than a channels-last copy of ``x`` when few outputs are needed)."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    Cg, KH, KW = w.shape[1], w.shape[2], w.shape[3]
+    Og = O // groups
+    xf = x.reshape(-1)
+    wf = w.reshape(-1)
+    HW = H * W
+    KK = KH * KW
+    for t in range(nidx):
+        i = idx[t]
+        ow = i % Wo
+        q = i // Wo
+        oh = q % Ho
+        q = q // Ho
+        o = q % O
+        b = q // O
+        h0 = oh * sh - ph
+        w0 = ow * sw - pw
+        kh0 = 0 if h0 >= 0 else (-h0 + dh - 1) // dh
+        kh1 = min(KH, (H - 1 - h0) // dh + 1) if H - 1 - h0 >= 0 else 0
+        kw0 = 0 if w0 >= 0 else (-w0 + dw - 1) // dw
+        kw1 = min(KW, (W - 1 - w0) // dw + 1) if W - 1 - w0 >= 0 else 0
+        xb = (b * C + (o // Og) * Cg) * HW
+        wb = o * Cg * KK
+        a0 = 0.0  # four independent accumulators (exact integers: the order is irrelevant)
+        a1 = 0.0
+        a2 = 0.0
+        a3 = 0.0
+        for kh in range(kh0, kh1):
+            for kw in range(kw0, kw1):
+                xr = xb + (h0 + kh * dh) * W + w0 + kw * dw
+                wr = wb + kh * KW + kw
+                c = 0
+                while c + 4 <= Cg:
+                    a0 += np.float64(xf[xr + c * HW]) * wf[wr + c * KK]
+                    a1 += np.float64(xf[xr + (c + 1) * HW]) * wf[wr + (c + 1) * KK]
+                    a2 += np.float64(xf[xr + (c + 2) * HW]) * wf[wr + (c + 2) * KK]
+                    a3 += np.float64(xf[xr + (c + 3) * HW]) * wf[wr + (c + 3) * KK]
+                    c += 4
+                while c < Cg:
+                    a0 += np.float64(xf[xr + c * HW]) * wf[wr + c * KK]
+                    c += 1
+        out[t] = (a0 + a1) + (a2 + a3)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -284,3 +374,11 @@ def if_sync_refine(cur, idx, nidx, bias, has_bias, O, S, v0, hi, theta, D, half_
         counts[i] = c
         counts64[i] = c
     return near
+
+
+@njit(cache=True, nogil=True)
+def quantize_input_f32(x, scale, out):
+    """out = round_half_even(x·scale) as float32 (the caller guarantees |result| < 2**24, so it is
+    exact), the same integers as :func:`neurodeploy.ops.quantize_input` in one pass."""
+    for i in range(x.shape[0]):
+        out[i] = np.rint(x[i] * scale)
