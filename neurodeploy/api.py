@@ -9,8 +9,6 @@ step succeeded, so a failure never leaves a partial output folder.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, ir
-from .artifacts import ArtifactDir, dumps_json, sha256_file, write_json
+from .artifacts import ArtifactDir, sha256_file, write_json
 from .data import Dataset, load_data
 from .errors import DesignRuleError, NeurodeployError
 
@@ -249,8 +247,4 @@ def profile(model: str | Path, *, data: str | Path, target: str = "sim", limit: 
     return run_profile(quantized, load_data(data, limit).x, energy=energy)
 
 
-def input_digest(x: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
-
-
-__all__ = ["prepare", "compile", "verify", "profile", "CompileResult", "Prepared", "dumps_json", "json"]
+__all__ = ["prepare", "compile", "verify", "profile", "run_profile", "verify_prepared", "CompileResult", "Prepared"]

@@ -271,6 +271,19 @@ class Graph:
         self.edges.append((name, new_name))
         return new_name
 
+    def prune_to_outputs(self) -> None:
+        """Drop every node (and edge) that no Output depends on."""
+        keep, todo = set(), list(self.output_names())
+        while todo:
+            m = todo.pop()
+            if m not in keep:
+                keep.add(m)
+                todo.extend(self.inputs_of(m))
+        for n in list(self.nodes):
+            if n not in keep:
+                del self.nodes[n]
+        self.edges = [(a, b) for a, b in self.edges if a in keep and b in keep]
+
     # -- queries ------------------------------------------------------------------------------
     def inputs_of(self, name: str) -> list[str]:
         return [a for a, b in self.edges if b == name]

@@ -76,16 +76,7 @@ def cut_graph(graph: ir.Graph, until: str) -> ir.Graph:
         del g.nodes[o]
         g.edges = [(a, b) for a, b in g.edges if b != o]
     g.add(g.unique_name("output"), ir.Output(source="output"), [until])
-    keep, todo = set(), list(g.output_names())
-    while todo:
-        m = todo.pop()
-        if m not in keep:
-            keep.add(m)
-            todo.extend(g.inputs_of(m))
-    for n in list(g.nodes):
-        if n not in keep:
-            del g.nodes[n]
-    g.edges = [(a, b) for a, b in g.edges if a in keep and b in keep]
+    g.prune_to_outputs()
     ir.infer_shapes(g)
     g.validate()
     return g

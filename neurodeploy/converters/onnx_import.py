@@ -595,16 +595,7 @@ def from_onnx(path, *, until: str | None = None) -> ir.Graph:
             targets.append(v)
     for v in targets:
         g.add(g.unique_name("output"), ir.Output(source="output"), [v.name])
-    keep, todo = set(), list(g.output_names())
-    while todo:
-        m = todo.pop()
-        if m not in keep:
-            keep.add(m)
-            todo.extend(g.inputs_of(m))
-    for n in list(g.nodes):
-        if n not in keep:
-            del g.nodes[n]
-    g.edges = [(a, b) for a, b in g.edges if a in keep and b in keep]
+    g.prune_to_outputs()
     ir.infer_shapes(g)
     g.validate()
     g.metadata.update({"source_format": "onnx", "input_shape": list(conv.input_shape), "source_file": where})

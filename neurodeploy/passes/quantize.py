@@ -103,7 +103,17 @@ def _float_bounds(graph: ir.Graph, input_range: float) -> dict[str, float]:
     return V
 
 
-def _int_bounds(graph: ir.Graph, in_bound: int) -> tuple[dict[str, int], dict[str, int]]:
+def _row_abs_sum_max(wq: np.ndarray) -> int:
+    """max over output rows of Σ|w_q| (exact: int64 when it cannot overflow, Python ints otherwise)."""
+    wq = np.abs(np.asarray(wq, dtype=np.int64)).reshape(wq.shape[0], -1)
+    if not wq.size:
+        return 0
+    if int(wq.max()) * wq.shape[1] < 2 ** 62:
+        return int(wq.sum(1).max())
+    return max(sum(int(v) for v in r) for r in wq)  # pragma: no cover - far outside any quantiser output
+
+
+def integer_bounds(graph: ir.Graph, in_bound: int) -> tuple[dict[str, int], dict[str, int]]:
     """Exact integer bounds of every node's value and every neuron's membrane (quantised graph)."""
     B: dict[str, int] = {}
     M: dict[str, int] = {}
@@ -116,10 +126,8 @@ def _int_bounds(graph: ir.Graph, in_bound: int) -> tuple[dict[str, int], dict[st
             B[n] = int(node.max_spikes)
             M[n] = ins[0] + abs(int(node.v_init_q)) + node.max_spikes * int(node.threshold_q)
         elif isinstance(node, ir.WEIGHT_NODES):
-            wq = np.abs(node.weight_q).reshape(node.weight_q.shape[0], -1)
-            s = max(int(r.sum()) for r in wq) if wq.size else 0  # Python ints: no overflow
-            b = 0 if node.bias_q is None else int(np.max(np.abs(node.bias_q)))
-            B[n] = s * ins[0] + b
+            b = 0 if node.bias_q is None else int(np.max(np.abs(np.asarray(node.bias_q, dtype=np.int64))))
+            B[n] = _row_abs_sum_max(node.weight_q) * ins[0] + b
         elif isinstance(node, ir.SumPool2d):
             B[n] = ins[0] * node.kernel[0] * node.kernel[1]
         elif isinstance(node, ir.Add):
@@ -238,7 +246,7 @@ def quantize_fixed_point(graph: ir.Graph, calibration=None, *, input_frac_bits: 
                 raise NeurodeployError(f"threshold {node.threshold:g} rounds to 0 at 2^{f}", layer=node.source or n,
                                        fix="increase input_frac_bits / check the activation scale")
         in_bound = int(math.ceil(input_range * inp.scale_q))
-        return _int_bounds(g, in_bound)
+        return integer_bounds(g, in_bound)
 
     for _ in range(64):
         B, M = apply()

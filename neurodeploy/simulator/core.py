@@ -68,6 +68,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ir, ops
+from ..passes.quantize import integer_bounds
 from ..errors import NeurodeployError
 from . import kernels
 from .kernels import HAVE_NUMBA
@@ -266,37 +267,6 @@ def _fp32_is_ieee() -> bool:
     return all(str(p) in ("none", "ieee") for p in precs)
 
 
-def _value_bounds(graph: ir.Graph, in_bound: int) -> dict[str, int]:
-    """Exact integer bound of every node's value in a quantised graph (the values of
-    :func:`neurodeploy.passes.quantize._int_bounds`), with vectorised int64 row sums."""
-    B: dict[str, int] = {}
-    for n in graph.topo_order():
-        node = graph.nodes[n]
-        ins = [B[i] for i in graph.inputs_of(n)]
-        if isinstance(node, ir.Input):
-            B[n] = int(in_bound)
-        elif isinstance(node, ir.IFNeuron):
-            B[n] = int(node.max_spikes)
-        elif isinstance(node, ir.WEIGHT_NODES):
-            wq = np.abs(np.asarray(node.weight_q, dtype=np.int64))
-            wq = wq.reshape(wq.shape[0], -1)
-            if not wq.size:
-                s = 0
-            elif int(wq.max()) * wq.shape[1] < 2 ** 62:  # int64 row sums cannot overflow
-                s = int(wq.sum(1).max())
-            else:  # pragma: no cover - far outside any quantiser output
-                s = max(sum(int(v) for v in r) for r in wq)
-            b = 0 if node.bias_q is None else int(np.max(np.abs(np.asarray(node.bias_q, dtype=np.int64))))
-            B[n] = s * ins[0] + b
-        elif isinstance(node, ir.SumPool2d):
-            B[n] = ins[0] * node.kernel[0] * node.kernel[1]
-        elif isinstance(node, ir.Add):
-            B[n] = sum(ins)
-        else:
-            B[n] = ins[0]
-    return B
-
-
 def _exact_at(ap: _Approx, fl: _FastLayer, idx: np.ndarray, nidx: int) -> np.ndarray:
     """Exact integer sums (no bias) of a fast layer at flat output indices ``idx[:nidx]``."""
     node, w64, out = ap.node, fl.w64, np.empty(nidx)
@@ -341,7 +311,7 @@ class _Exec:
         bounds = None
         if quantized and self.dtype == torch.float64 and q.get("input_bound_int") is not None:
             try:
-                bounds = _value_bounds(graph, int(q["input_bound_int"]))
+                bounds = integer_bounds(graph, int(q["input_bound_int"]))[0]
             except Exception:  # pragma: no cover - incomplete quantisation: stay on float64
                 bounds = None
         self.input_f32: set[str] = set()
