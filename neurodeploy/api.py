@@ -150,18 +150,13 @@ def _manifest(model, target, prepared: Prepared, folder: Path, data, calibration
     }
 
 
-def run_profile(graph: ir.Graph, x, *, energy: dict | None = None, schedule: str = "sync"):
-    """Profile a (quantised or float) canonical graph on inputs ``x``."""
-    from .profile import profile as _profile
-    from .simulator import simulate
-
-    res = simulate(graph, x, schedule=schedule)
+def run_profile(graph: ir.Graph, x, *, energy: dict | None = None):
+    """Profile a (quantised or float) canonical graph on inputs ``x``, layer-synchronous schedule
+    (whose spike counts are the closed form ``ops.evaluate`` computes, equal to the simulator's)."""
     from . import ops
+    from .profile import profile as _profile
 
-    values = ops.evaluate(graph, x)  # linear-layer values; IF counts replaced by the simulated ones
-    for name, counts in res.counts.items():
-        values[name] = counts
-    return _profile(graph, values, **(energy or {}))
+    return _profile(graph, ops.evaluate(graph, x), **(energy or {}))
 
 
 # Which schedules each target simulates in verify, and which must equal the model exactly.
