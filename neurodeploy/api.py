@@ -83,7 +83,7 @@ class CompileResult:
 def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data: str | Path | None = None,
             calibration: str | Path | None = None, verify: bool = False, profile: bool = True,
             limit: int | None = None, emit: tuple[str, ...] = (), target_options: dict | None = None,
-            energy: dict | None = None, progress: bool = False, **load_options) -> CompileResult:
+            energy: dict | None = None, **load_options) -> CompileResult:
     """Compile ``model`` for ``target`` into ``out_dir`` (atomically).
 
     ``data``: an ``.npz`` with ``x`` (and ``y``) used for profiling and, with ``verify=True``, for
@@ -107,20 +107,17 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
     with ArtifactDir(out_dir) as art:
         save_graph(quantized, art.path("graph.ir.npz"))
         write_nir(quantized, art.path("network.nir"))
-        for name, path in tgt.emit(quantized, art.tmp, mapping=mapping, **target_options).items():
-            result.artifacts[name] = str(Path(path).relative_to(art.tmp))
+        tgt.emit(quantized, art.tmp, mapping=mapping, **target_options)
         if "routing" in emit:
             from .routing import build_routing, save_routing
             save_routing(build_routing(quantized), art.path("routing.npz"))
-        if mapping:
-            write_json(art.path("mapping.json"), mapping)
         if dataset is not None and profile:
             result.profile = run_profile(quantized, dataset.x, energy=energy)
             art.path("profile.json").write_text(result.profile.format("json"))
             art.path("profile.csv").write_text(result.profile.format("csv"))
             result.profile.plot(art.path("profile.png"))
         if dataset is not None and verify:
-            result.verify = verify_prepared(prepared, quantized, dataset, target=target, progress=progress)
+            result.verify = verify_prepared(prepared, quantized, dataset, target=target)
             write_json(art.path("verify.json"), result.verify.to_dict())
         result.manifest = _manifest(model, target, prepared, art.tmp, data, calibration, emit, target_options)
         write_json(art.path("manifest.json"), result.manifest)
@@ -165,7 +162,7 @@ REQUIRED_EXACT = {"sim": ("sync",), "speck": (), "loihi": ()}
 
 
 def verify_prepared(prepared: Prepared, quantized: ir.Graph, dataset: Dataset, *, target: str = "sim",
-                    schedules: tuple[str, ...] | None = None, runtime: str = "sim", progress: bool = False):
+                    schedules: tuple[str, ...] | None = None, runtime: str = "sim"):
     """Compare the model's own PyTorch forward with the target simulation, layer by layer.
 
     sim: the layer-synchronous schedule must be exact; streaming is reported. speck: the quantised

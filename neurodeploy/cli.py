@@ -137,7 +137,7 @@ def compile_cmd(target, out_dir, data, calibration, verify, profile, limit, emit
     target_options = {"core_map": core_map} if core_map else {}
     res = api.compile(kw.pop("model"), target=target, out_dir=out_dir, data=data, calibration=calibration,
                       verify=verify, profile=profile, limit=limit, emit=tuple(emit),
-                      target_options=target_options, energy=_energy(e_mac, e_ac), progress=True,
+                      target_options=target_options, energy=_energy(e_mac, e_ac),
                       **_load_options(kw))
     click.echo(f"compiled for '{target}' into {res.out_dir}/")
     for name in sorted(res.artifacts):
