@@ -126,3 +126,27 @@ def test_routing_route_and_event_engine_from_the_cli(tmp_path):
     report = json.loads(res.output)
     assert report["synaptic_events"] > 0
     assert all(row["mismatches"] == 0 for row in report["layers"].values())
+
+
+def test_nir_artefact_reimports_to_identical_simulation(compiled):
+    import numpy as np
+
+    from neurodeploy.ir_io import load_graph
+    from neurodeploy.nir_io import from_nir
+    from neurodeploy.simulator import simulate
+
+    out, _ = compiled
+    x = np.load(TEST_DATA)["x"][:64]
+    original = simulate(load_graph(out / "graph.ir.npz"), x)
+    reimported = simulate(from_nir(out / "network.nir"), x)
+    assert set(reimported.counts) == set(original.counts)
+    for name, counts in original.counts.items():
+        assert np.array_equal(reimported.counts[name], counts), name
+    assert sum(int(c.sum()) for c in original.counts.values()) > 0
+
+
+def test_compile_from_the_nir_file(compiled, tmp_path):
+    out, _ = compiled
+    res = run("compile", out / "network.nir", "--target", "sim", "-o", tmp_path / "again")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "again" / "graph.ir.npz").exists()
