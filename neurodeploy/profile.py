@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import ir
+from . import ir, ops
 from .artifacts import atomic_path, dumps_json
 from .errors import NeurodeployError
 
@@ -204,22 +204,11 @@ def _ones_layer(node: ir.Node, x: torch.Tensor) -> torch.Tensor:
 
 
 def _struct_op(node: ir.Node, ins: list[torch.Tensor]) -> torch.Tensor:
-    x = ins[0]
-    if isinstance(node, ir.SumPool2d):  # sum pool (AvgPool2d counted as its sum-pool events)
-        k = node.kernel[0] * node.kernel[1]
-        return F.avg_pool2d(x, node.kernel, node.stride, node.padding, count_include_pad=True) * k
-    if isinstance(node, ir.Flatten):
-        return x.flatten(node.start_dim + 1)
-    if isinstance(node, ir.Reshape):
-        return x.reshape((x.shape[0],) + tuple(node.target_shape))
-    if isinstance(node, ir.Add):
-        out = ins[0]
-        for o in ins[1:]:
-            out = out + o
-        return out
     if isinstance(node, ir.Scale):
-        return x  # events are unchanged; the scale folds into the next weights
-    raise AssertionError(node.kind)  # pragma: no cover
+        return ins[0]  # events are unchanged; the scale folds into the next weights
+    if isinstance(node, ir.AvgPool2d):  # counted as its sum-pool events
+        node = ir.SumPool2d(kernel=node.kernel, stride=node.stride, padding=node.padding)
+    return ops.linear_op(node, ins)
 
 
 def _is_spike_leaf(node: ir.Node) -> bool:

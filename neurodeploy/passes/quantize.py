@@ -80,60 +80,57 @@ def scale_domains(graph: ir.Graph) -> tuple[dict[str, str], dict[str, list[str]]
     return dom, members
 
 
-def _float_bounds(graph: ir.Graph, input_range: float) -> dict[str, float]:
-    """Max |value| of every node's output (real units), from weights and ranges alone."""
-    V: dict[str, float] = {}
-    for n in graph.topo_order():
-        node = graph.nodes[n]
-        ins = [V[i] for i in graph.inputs_of(n)]
-        if isinstance(node, ir.Input):
-            V[n] = float(input_range)
-        elif isinstance(node, ir.IFNeuron):
-            V[n] = float(node.max_spikes)
-        elif isinstance(node, ir.WEIGHT_NODES):
-            w = np.abs(np.asarray(node.weight, dtype=np.float64)).reshape(node.weight.shape[0], -1).sum(1)
-            b = 0.0 if node.bias is None else float(np.max(np.abs(node.bias)))
-            V[n] = float(w.max()) * ins[0] + b
-        elif isinstance(node, ir.SumPool2d):
-            V[n] = ins[0] * node.kernel[0] * node.kernel[1]
-        elif isinstance(node, ir.Add):
-            V[n] = float(sum(ins))
-        else:
-            V[n] = ins[0]
-    return V
-
-
-def _row_abs_sum_max(wq: np.ndarray) -> int:
-    """max over output rows of Σ|w_q| (exact: int64 when it cannot overflow, Python ints otherwise)."""
-    wq = np.abs(np.asarray(wq, dtype=np.int64)).reshape(wq.shape[0], -1)
-    if not wq.size:
-        return 0
-    if int(wq.max()) * wq.shape[1] < 2 ** 62:
-        return int(wq.sum(1).max())
-    return max(sum(int(v) for v in r) for r in wq)  # pragma: no cover - far outside any quantiser output
-
-
-def integer_bounds(graph: ir.Graph, in_bound: int) -> tuple[dict[str, int], dict[str, int]]:
-    """Exact integer bounds of every node's value and every neuron's membrane (quantised graph)."""
-    B: dict[str, int] = {}
-    M: dict[str, int] = {}
+def _propagate_bounds(graph: ir.Graph, in_bound, weight_bound) -> dict[str, float | int]:
+    """Max |value| of every node's output, given max |input| and, per weight layer,
+    ``weight_bound(node) -> (max row Σ|w|, max |b|)``."""
+    B: dict = {}
     for n in graph.topo_order():
         node = graph.nodes[n]
         ins = [B[i] for i in graph.inputs_of(n)]
         if isinstance(node, ir.Input):
-            B[n] = int(in_bound)
+            B[n] = in_bound
         elif isinstance(node, ir.IFNeuron):
             B[n] = int(node.max_spikes)
-            M[n] = ins[0] + abs(int(node.v_init_q)) + node.max_spikes * int(node.threshold_q)
         elif isinstance(node, ir.WEIGHT_NODES):
-            b = 0 if node.bias_q is None else int(np.max(np.abs(np.asarray(node.bias_q, dtype=np.int64))))
-            B[n] = _row_abs_sum_max(node.weight_q) * ins[0] + b
+            row_sum, bias = weight_bound(node)
+            B[n] = row_sum * ins[0] + bias
         elif isinstance(node, ir.SumPool2d):
             B[n] = ins[0] * node.kernel[0] * node.kernel[1]
         elif isinstance(node, ir.Add):
             B[n] = sum(ins)
         else:
             B[n] = ins[0]
+    return B
+
+
+def _float_weight_bound(node) -> tuple[float, float]:
+    w = np.abs(np.asarray(node.weight, dtype=np.float64)).reshape(node.weight.shape[0], -1).sum(1)
+    return float(w.max()), 0.0 if node.bias is None else float(np.max(np.abs(node.bias)))
+
+
+def _int_weight_bound(node) -> tuple[int, int]:
+    """Exact: int64 row sums when they cannot overflow, Python ints otherwise."""
+    wq = np.abs(np.asarray(node.weight_q, dtype=np.int64)).reshape(node.weight_q.shape[0], -1)
+    if not wq.size:
+        row_sum = 0
+    elif int(wq.max()) * wq.shape[1] < 2 ** 62:
+        row_sum = int(wq.sum(1).max())
+    else:  # pragma: no cover - far outside any quantiser output
+        row_sum = max(sum(int(v) for v in r) for r in wq)
+    bias = 0 if node.bias_q is None else int(np.max(np.abs(np.asarray(node.bias_q, dtype=np.int64))))
+    return row_sum, bias
+
+
+def _float_bounds(graph: ir.Graph, input_range: float) -> dict[str, float]:
+    """Max |value| of every node's output (real units), from weights and ranges alone."""
+    return _propagate_bounds(graph, float(input_range), _float_weight_bound)
+
+
+def integer_bounds(graph: ir.Graph, in_bound: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Exact integer bounds of every node's value and every neuron's membrane (quantised graph)."""
+    B = _propagate_bounds(graph, int(in_bound), _int_weight_bound)
+    M = {n: B[graph.inputs_of(n)[0]] + abs(int(graph.nodes[n].v_init_q))
+         + graph.nodes[n].max_spikes * int(graph.nodes[n].threshold_q) for n in graph.neurons()}
     return B, M
 
 
