@@ -217,6 +217,27 @@ NODE_TYPES = {cls.__name__: cls for cls in (Input, Output, Conv2d, Conv1d, Linea
                                             AvgPool2d, Scale, Flatten, Reshape, Add, IFNeuron, HostOp)}
 
 
+def topological_order(names: list[str], edges: list[tuple[str, str]]) -> list[str]:
+    """Kahn's algorithm, stable in the order of ``names``; a cycle is an error."""
+    indeg = {n: 0 for n in names}
+    consumers: dict[str, list[str]] = {n: [] for n in names}
+    for a, b in edges:
+        indeg[b] += 1
+        consumers[a].append(b)
+    order, ready = [], [n for n in names if indeg[n] == 0]
+    while ready:
+        n = ready.pop(0)
+        order.append(n)
+        for c in consumers[n]:
+            indeg[c] -= 1
+            if indeg[c] == 0:
+                ready.append(c)
+    if len(order) != len(names):
+        raise NeurodeployError("graph has a cycle (recurrent connections)",
+                               fix="neurodeploy supports feed-forward graphs only")
+    return order
+
+
 @dataclass
 class Graph:
     """Named nodes (insertion order is kept) and directed edges ``(src, dst)``.
@@ -304,23 +325,7 @@ class Graph:
         return self.of_type(IFNeuron)
 
     def topo_order(self) -> list[str]:
-        indeg = {n: 0 for n in self.nodes}
-        for _, b in self.edges:
-            indeg[b] += 1
-        order, ready = [], [n for n in self.nodes if indeg[n] == 0]
-        consumers: dict[str, list[str]] = {n: [] for n in self.nodes}
-        for a, b in self.edges:
-            consumers[a].append(b)
-        while ready:
-            n = ready.pop(0)
-            order.append(n)
-            for c in consumers[n]:
-                indeg[c] -= 1
-                if indeg[c] == 0:
-                    ready.append(c)
-        if len(order) != len(self.nodes):
-            raise NeurodeployError("graph has a cycle", fix="recurrent connections are not supported yet")
-        return order
+        return topological_order(list(self.nodes), self.edges)
 
     def __iter__(self) -> Iterator[tuple[str, Node]]:
         for n in self.topo_order():

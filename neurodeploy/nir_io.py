@@ -420,27 +420,6 @@ def write_nir(graph: ir.Graph, path: str | os.PathLike) -> Path:
 
 # -- import ---------------------------------------------------------------------------------------
 
-def _topo(names: list[str], edges: list[tuple[str, str]]) -> list[str]:
-    indeg = {n: 0 for n in names}
-    cons: dict[str, list[str]] = {n: [] for n in names}
-    for a, b in edges:
-        indeg[b] += 1
-        cons[a].append(b)
-    ready = [n for n in names if indeg[n] == 0]
-    order = []
-    while ready:
-        n = ready.pop(0)
-        order.append(n)
-        for c in cons[n]:
-            indeg[c] -= 1
-            if indeg[c] == 0:
-                ready.append(c)
-    if len(order) != len(names):
-        raise UnsupportedOpError("the NIR graph has a cycle (recurrent connections)",
-                                 fix="neurodeploy supports feed-forward graphs only")
-    return order
-
-
 def _padding(pad, kernel: tuple, dilation: tuple, stride: tuple, name: str) -> tuple:
     if isinstance(pad, (str, bytes)):
         pad = _as_str(pad)
@@ -619,7 +598,7 @@ def from_nir(obj_or_path, *, default_max_spikes: int = 1) -> ir.Graph:
             edges = [(ins[0] if a == n else a, b) for a, b in edges if b != n]
             names.remove(n)
 
-    order = _topo(names, edges)
+    order = ir.topological_order(names, edges)
     inputs_of: dict[str, list[str]] = {n: [] for n in names}
     for a, b in edges:
         inputs_of[b].append(a)

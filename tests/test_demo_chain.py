@@ -2,53 +2,33 @@
 encoder that passes the hardware targets' design rules. Loads safely and strictly, has integer
 activations in both rounding forms, its stored probe reproduces the stored test accuracy, and the
 Speck design-rule check passes on its canonical graph."""
-import importlib.util
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
+from demo_helpers import CALIB_NPZ, EX, load_checkpoint, load_example, strict_model, load_test_split
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EX = os.path.join(ROOT, "examples")
 CKPT = os.path.join(EX, "digits_chain.pt")
 ARCH = os.path.join(EX, "digits_chain.py") + ":build_model"
-TEST_NPZ = os.path.join(EX, "digits_test.npz")
-CALIB_NPZ = os.path.join(EX, "digits_calib.npz")
 
 
-def _load_module():
-    sys.path.insert(0, EX)          # digits_chain.py imports its activations from digits_sfa.py
-    try:
-        spec = importlib.util.spec_from_file_location("digits_chain_demo",
-                                                      os.path.join(EX, "digits_chain.py"))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(EX)
-    return mod
-
-
-dc = _load_module()
+dc = load_example("digits_chain.py", "digits_chain_demo")
 
 
 @pytest.fixture(scope="module")
 def ckpt():
-    return torch.load(CKPT, weights_only=True, map_location="cpu")
+    return load_checkpoint(CKPT)
 
 
 @pytest.fixture(scope="module")
 def model(ckpt):
-    m = dc.build_model(**ckpt["args"])
-    m.load_state_dict(ckpt["model"], strict=True)
-    return m.eval()
+    return strict_model(dc, ckpt)
 
 
 @pytest.fixture(scope="module")
 def test_data():
-    d = np.load(TEST_NPZ, allow_pickle=False)
-    return d["x"], d["y"]
+    return load_test_split()
 
 
 def _spike_modules(root):

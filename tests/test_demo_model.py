@@ -1,46 +1,31 @@
 """The bundled demo model (examples/digits_sfa.py + digits_sfa.pt): loads safely and strictly,
 has integer activations, and its stored probe reproduces the stored test accuracy."""
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 import torch
+from demo_helpers import CALIB_NPZ, EX, load_checkpoint, load_example, strict_model, load_test_split
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EX = os.path.join(ROOT, "examples")
 CKPT = os.path.join(EX, "digits_sfa.pt")
-TEST_NPZ = os.path.join(EX, "digits_test.npz")
-CALIB_NPZ = os.path.join(EX, "digits_calib.npz")
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("digits_sfa_demo",
-                                                  os.path.join(EX, "digits_sfa.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ds = _load_module()
+ds = load_example("digits_sfa.py", "digits_sfa_demo")
 
 
 @pytest.fixture(scope="module")
 def ckpt():
-    return torch.load(CKPT, weights_only=True, map_location="cpu")
+    return load_checkpoint(CKPT)
 
 
 @pytest.fixture(scope="module")
 def model(ckpt):
-    m = ds.build_model(**ckpt["args"])
-    m.load_state_dict(ckpt["model"], strict=True)
-    return m.eval()
+    return strict_model(ds, ckpt)
 
 
 @pytest.fixture(scope="module")
 def test_data():
-    d = np.load(TEST_NPZ, allow_pickle=False)
-    return d["x"], d["y"]
+    return load_test_split()
 
 
 def _spike_modules(root):

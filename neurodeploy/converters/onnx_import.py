@@ -16,12 +16,7 @@ import numpy as np
 
 from .. import ir
 from ..errors import HostOpError, LoadError, NeurodeployError, UnsupportedOpError
-
-
-@dataclass
-class _V:
-    name: str
-    shape: tuple
+from .torch_export import _V
 
 
 @dataclass
