@@ -8,11 +8,9 @@ import warnings
 from pathlib import Path
 
 import click
-import numpy as np
 
 from . import __version__
 from .errors import NeurodeployError
-from .data import load_data
 from .engine.cli import route_cmd, simulate_cmd
 from .targets import TARGET_NAMES
 
@@ -224,6 +222,9 @@ def inspect_cmd(canonical, **kw):
 @click.option("--json", "as_json", is_flag=True, help="Print per-layer counts as JSON.")
 def run_cmd(out_dir, data, runtime, limit, as_json):
     """Run a compiled Loihi artefact (OUT_DIR from `compile --target loihi`) and print per-layer spikes."""
+    import numpy as np
+
+    from .data import load_data
     from .targets.loihi import run_artifact
 
     x = load_data(data, limit).x

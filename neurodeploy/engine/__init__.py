@@ -60,8 +60,15 @@ single, depth      not exact in general (Speck): a neuron fires at most once per
 Every run is deterministic for a given (rule, order, input event order).
 """
 
-from .core import (EVENT_DTYPE, ORDERS, RULES, EventEngine, EventResult, events_from_raster,
-                   events_to_addresses, run_events, run_events_batch, stack_counts)
+import importlib
+
 
 __all__ = ["EVENT_DTYPE", "ORDERS", "RULES", "EventEngine", "EventResult", "events_from_raster",
            "events_to_addresses", "run_events", "run_events_batch", "stack_counts"]
+
+
+def __getattr__(name):
+    # core (torch, numba) loads on first use, so that `neurodeploy --help` can import engine.cli cheaply
+    if name in __all__:
+        return getattr(importlib.import_module(".core", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ..errors import NeurodeployError
 
@@ -72,6 +71,8 @@ def route_cmd(out_dir, layer, address, as_json, summary):
 
 def _load_inputs(path, limit):
     """x from an .npz: a raster batch [N, *input_shape], or one structured event array."""
+    import numpy as np
+
     try:
         with np.load(path, allow_pickle=False) as f:
             key = "x" if "x" in f.files else ("events" if "events" in f.files else None)
@@ -94,6 +95,7 @@ def simulate_events_cli(graph, x, *, rule: str = "multi", order: str = "breadth"
     """Run the event engine on every sample of ``x`` (raster batch or list of event arrays), print
     a per-layer table (spikes, synaptic events, mismatches against the layer-synchronous
     reference ``ops.evaluate``) and return a JSON-able report."""
+    import numpy as np
     import torch
 
     from .. import ops
@@ -154,6 +156,8 @@ def simulate_events_cli(graph, x, *, rule: str = "multi", order: str = "breadth"
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def simulate_cmd(out_dir, data, engine, rule, order, limit, as_json, progress):
     """Simulate a compiled graph (OUT_DIR/graph.ir.npz) on --data."""
+    import numpy as np
+
     from ..ir_io import load_graph
 
     p = Path(out_dir)
