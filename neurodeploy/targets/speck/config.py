@@ -34,9 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from ... import ir
+from ...errors import NeurodeployError
 from .events import EVENT_DTYPE, events_to_raster, raster_to_events  # noqa: F401  (re-exported helpers)
 from .layers import SpeckNet, bias_vec, weight4
 from .mapping import CoreMapping
+from .quantize import MAX_BIAS_BITS
 
 FORMAT = "neurodeploy.speck.config"
 FORMAT_VERSION = 1
@@ -77,12 +79,29 @@ def _dims(l) -> dict:
             "kernel_size": int(l.kernel[0])}
 
 
+def _check_leak_biases(graph: ir.Graph, net: SpeckNet) -> None:
+    """Chip biases are 8-bit (sinabs 3.1.3 discretises them like the weights): a graph quantised
+    for ``bias_mode='initial'`` (bias in the 16-bit initial value) may hold wider ones."""
+    q = graph.metadata.get("quantization", {})
+    bits = int(q.get("bias_bits") or MAX_BIAS_BITS["leak"]) if q.get("bias_mode") == "leak" else MAX_BIAS_BITS["leak"]
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    for lname in net.layers:
+        bq = bias_vec(graph.nodes[lname], quantized=True)
+        if len(bq) and (bq.min() < lo or bq.max() > hi):
+            raise NeurodeployError(f"bias_mode='leak' writes chip biases of {bits} bits, but the quantised biases "
+                                   f"span [{int(bq.min())}, {int(bq.max())}]", layer=lname,
+                                   fix="quantise with bias_mode='leak' too (compile --bias-mode leak does), or keep "
+                                       "bias_mode='initial'")
+
+
 def build_config(graph: ir.Graph, net: SpeckNet, mapping: CoreMapping, *, bias_mode: str = "initial",
                  samna_status: dict | None = None) -> dict:
     """The JSON-able configuration of a Speck-quantised graph (no file I/O)."""
     if bias_mode not in ("initial", "leak"):
         raise ValueError(f"bias_mode must be 'initial' or 'leak', not {bias_mode!r}")
     l2c = mapping.layer_to_core
+    if bias_mode == "leak":
+        _check_leak_biases(graph, net)
     cores = {}
     for lname, l in net.layers.items():
         node = graph.nodes[lname]

@@ -3,10 +3,18 @@
 For a layer (weight node W, b feeding IF neuron θ, v_init) a single scale S gives::
 
     w_q = rint(W · S / s_in)   in [-128, 127]      (s_in: input rate-code scale, 1 for spike inputs)
-    b_q = rint(b · S)          in [-2^(bias_bits-1), 2^(bias_bits-1) - 1]   (bias_bits = 8, as sinabs)
+    b_q = rint(b · S)          where the bias lives (``bias_mode``, see below)
     θ_q = rint(θ · S)          in [1, 32767]        -> threshold_high
     v_init_q = rint(v_init·S)                       -> neurons_initial_value (the +θ/2 of round-half-up)
     low_q = -32768 (default) or rint(low · S)       -> threshold_low (membrane floor)
+
+Where the bias lives decides its range (``bias_bits``): with ``bias_mode='initial'`` (the default,
+what ``config.build_config`` writes) it is added once through ``neurons_initial_value``, a 16-bit
+state word, so only ``v_init + b`` must fit 16 bits (the "initial_value" limit) and the bias does
+not limit the weights' 8 bits. With ``bias_mode='leak'`` it is written to the chip's bias register,
+which sinabs 3.1.3 discretises to 8 bits like the weights (``sinabs/backend/dynapcnn/discretize.py``
+scales ``conv_bias`` with ``DYNAPCNN_WEIGHT_PRECISION_BITS = 8``): then ``bias_bits`` ≤ 8 (default 8)
+limits S, and wider is refused.
 
 ``rint`` rounds half to even (what ``torch.round`` in sinabs' ``discretize`` does). S is the largest
 scale that keeps every value in range (sinabs' rule, with the asymmetric int8 range), so the
@@ -17,9 +25,12 @@ to 0 — cannot happen silently: a user-given ``low_threshold`` that limits S is
 that round to 0 are warned about (Python warning + report entry) and an all-zero layer is an error.
 
 With ``calibration=x`` (a batch) the scale of each layer is chosen, layer by layer in topological
-order, among candidates S_max·2^(-j/4) (j = 0..12) as the one that minimises the mean absolute
-spike-count error of that layer, quantised closed form (``ops.evaluate``, with the 16-bit state
-clamp) against the float graph. Smaller scales trade weight resolution for state headroom.
+order, among candidates S_max·2^(-j/4) (j = 0..12): the largest, unless a smaller one lowers the
+mean absolute spike-count error of that layer (quantised closed form, ``ops.evaluate``, with the
+16-bit state clamp, against the float graph) by ≥ 5% and by more than three standard errors of the
+paired per-sample difference (then that one, reported as ``limited_by: calibration`` with the
+numbers in ``calibration_reason``).
+Smaller scales trade weight resolution for state headroom.
 """
 
 from __future__ import annotations
@@ -38,6 +49,9 @@ STATE_BITS = 16
 W_MIN, W_MAX = -(2 ** (WEIGHT_BITS - 1)), 2 ** (WEIGHT_BITS - 1) - 1
 S_MIN, S_MAX = -(2 ** (STATE_BITS - 1)), 2 ** (STATE_BITS - 1) - 1
 N_CANDIDATES = 13
+BIAS_MODES = ("initial", "leak")
+# widest bias per bias_mode: the 16-bit initial value, or the chip's bias register (8 bits in sinabs 3.1.3)
+MAX_BIAS_BITS = {"initial": STATE_BITS, "leak": WEIGHT_BITS}
 
 
 class SpeckQuantizationWarning(UserWarning):
@@ -59,16 +73,36 @@ def _range_scale(values: np.ndarray, bits: int) -> float:
     return s
 
 
+def check_bias_options(bias_mode: str, bias_bits: int | None) -> int:
+    """The bias width for ``bias_mode`` (default: the widest the bias's home allows); refuses wider."""
+    if bias_mode not in BIAS_MODES:
+        raise NeurodeployError(f"bias_mode must be 'initial' or 'leak', not {bias_mode!r}",
+                               fix="use 'initial' (bias added once through the 16-bit initial value) or 'leak' "
+                                   "(chip bias register, acts on every slow-clock tick)")
+    widest = MAX_BIAS_BITS[bias_mode]
+    if bias_bits is None:
+        return widest
+    if not 2 <= int(bias_bits) <= widest:
+        where = ("the chip's bias register is 8 bits (sinabs 3.1.3 discretises biases to 8 bits)"
+                 if bias_mode == "leak" else "the bias is added to the 16-bit initial value")
+        raise NeurodeployError(f"bias_bits={bias_bits} does not fit bias_mode='{bias_mode}': {where}",
+                               fix=f"use bias_bits between 2 and {widest}, or bias_mode='initial' for a bias "
+                                   f"that shares the 16-bit state")
+    return int(bias_bits)
+
+
 def layer_scale_limits(w_eff: np.ndarray, b: np.ndarray, theta: float, v_init: float,
-                       low: float | None, bias_bits: int) -> dict:
-    """Each constraint's largest admissible scale."""
+                       low: float | None, bias_bits: int, bias_mode: str = "initial") -> dict:
+    """Each constraint's largest admissible scale. A bias in the initial value is limited by the
+    "initial_value" entry (v_init + b in 16 bits); a separate "bias" entry only when it is narrower."""
     lim = {
         "weights": _range_scale(w_eff, WEIGHT_BITS),
-        "bias": _range_scale(b, bias_bits),
         "threshold": S_MAX / theta,
         "initial_value": _range_scale(np.array([v_init, v_init + b.max(initial=0), v_init + b.min(initial=0)]),
                                       STATE_BITS),
     }
+    if bias_mode == "leak" or bias_bits < STATE_BITS:
+        lim["bias"] = _range_scale(b, bias_bits)
     if low is not None:
         lim["low_threshold"] = _range_scale(np.array([low]), STATE_BITS)
     return lim
@@ -94,16 +128,61 @@ def _apply_scale(graph: ir.Graph, lname: str, nname: str, S: float, s_in: float,
                   weights_above_threshold=int(np.count_nonzero(np.abs(wnode.weight_q) > neuron.threshold_q)))
 
 
+def _check_bias_range(g: ir.Graph, lname: str, rep: dict, bias_mode: str, bias_bits: int) -> None:
+    """The bias where the artefact stores it must fit (reachable with user-forced ``scales``)."""
+    bq = g.nodes[lname].bias_q
+    if bq is None or not len(bq):
+        return
+    blo, bhi = -(2 ** (bias_bits - 1)), 2 ** (bias_bits - 1) - 1
+    checks = [(bq, blo, bhi, f"{bias_bits}-bit bias")]
+    if bias_mode == "initial":
+        checks.append((bq + rep["v_init_q"], S_MIN, S_MAX, "16-bit initial value (v_init + bias)"))
+    for values, lo, hi, what in checks:
+        if values.min() < lo or values.max() > hi:
+            raise NeurodeployError(f"the {what} is [{int(values.min())}, {int(values.max())}] at scale "
+                                   f"{rep['scale']:.4g}, outside [{lo}, {hi}]", layer=lname,
+                                   fix="leave the scale to the quantiser (drop 'scales' for this layer) or use "
+                                       "bias_mode='initial' (the bias joins the 16-bit initial value)")
+
+
+CALIBRATION_MIN_GAIN = 0.05  # relative error reduction a smaller scale must bring
+CALIBRATION_Z = 3.0  # standard errors (≈ Bonferroni over the 12 smaller candidates at 5%)
+
+
+def _pick_calibrated_scale(per_sample: list, s_max: float) -> tuple[float, str]:
+    """The largest scale (full weight precision) unless a smaller one lowers the mean |Δcount| by at
+    least 5% and by more than 3 standard errors of the paired per-sample difference. With a few
+    dozen calibration samples the differences between candidates are mostly rounding noise (the
+    minimum of 13 noisy values is biased low), and noise must not cost weight bits; what a smaller
+    scale really buys — 16-bit state headroom against saturation — shows as a large gain."""
+    if not per_sample:
+        return s_max, ""
+    s0, e0 = per_sample[0]
+    s_best, e_best = min(per_sample, key=lambda c: c[1].mean())
+    d = e_best - e0
+    if s_best == s0 or len(d) < 2:
+        return s0, ""
+    gain = -d.mean()
+    if gain < CALIBRATION_MIN_GAIN * e0.mean() or gain <= CALIBRATION_Z * d.std(ddof=1) / np.sqrt(len(d)):
+        return s0, ""
+    return s_best, (f"scale {s_best:.4g} has mean |Δcount| {e_best.mean():.4g} on the calibration data vs "
+                    f"{e0.mean():.4g} at the weights' full-range scale {s0:.4g}")
+
+
 def quantize(graph: ir.Graph, calibration=None, *, input_scale: float | None = None,
-             max_input_events: int = 8, low_threshold: float | dict | None = None, bias_bits: int = WEIGHT_BITS,
-             scales: dict | None = None) -> ir.Graph:
+             max_input_events: int = 8, low_threshold: float | dict | None = None, bias_bits: int | None = None,
+             scales: dict | None = None, bias_mode: str = "initial") -> ir.Graph:
     """Return a quantised copy of a canonical graph for Speck.
+
+    ``bias_mode``: where the artefact puts the bias ('initial': the 16-bit initial value, 'leak': the
+    chip's 8-bit bias register); ``bias_bits``: its width (default and maximum: 16 resp. 8).
 
     ``low_threshold``: membrane floor in float units (one value or {layer: value}); None = the 16-bit
     floor -32768 chosen after the scale. ``scales``: {layer: S} to force a layer's scale.
     ``input_scale``: rate-code scale for a real-valued input (events = round(x·scale)); default from
     ``calibration`` (max |x| -> ``max_input_events``) or 1.0.
     """
+    bias_bits = check_bias_options(bias_mode, bias_bits)
     g = graph.copy()
     ir.infer_shapes(g)
     net = extract(g)
@@ -140,7 +219,7 @@ def quantize(graph: ir.Graph, calibration=None, *, input_scale: float | None = N
         w = np.asarray(wnode.weight, dtype=np.float64)
         b = np.zeros(w.shape[0]) if wnode.bias is None else np.asarray(wnode.bias, dtype=np.float64)
         low = low_threshold.get(lname) if isinstance(low_threshold, dict) else low_threshold
-        lim = layer_scale_limits(w / lin, b, neuron.threshold, neuron.v_init, low, bias_bits)
+        lim = layer_scale_limits(w / lin, b, neuron.threshold, neuron.v_init, low, bias_bits, bias_mode)
         S = min(lim.values())
         limited_by = min(lim, key=lim.get)
         if scales and lname in scales:
@@ -166,8 +245,7 @@ def quantize(graph: ir.Graph, calibration=None, *, input_scale: float | None = N
         for lname, layer in net.layers.items():
             low = low_threshold.get(lname) if isinstance(low_threshold, dict) else low_threshold
             lin = per_layer[lname]["input_scale"]
-            best = None
-            errs = []
+            errs, per_sample = [], []
             for j in range(N_CANDIDATES):
                 S = smax[lname] * 2.0 ** (-j / 4)
                 if np.rint(g.nodes[layer.neuron].threshold * S) < 1:
@@ -176,14 +254,14 @@ def quantize(graph: ir.Graph, calibration=None, *, input_scale: float | None = N
                 if not np.any(g.nodes[lname].weight_q):
                     break
                 q = ops.evaluate(g, x, quantized=True)
-                err = float((q[layer.neuron] - ref[layer.neuron]).abs().mean())
-                errs.append((round(S, 6), err))
-                if best is None or err < best[1] - 1e-12:
-                    best = (S, err)
-            S = best[0] if best else smax[lname]
+                e = (q[layer.neuron] - ref[layer.neuron]).abs().reshape(len(x), -1).mean(1).double().numpy()
+                errs.append((round(S, 6), float(e.mean())))
+                per_sample.append((S, e))
+            S, reason = _pick_calibrated_scale(per_sample, smax[lname])
             _apply_scale(g, lname, layer.neuron, S, lin, low, per_layer[lname])
             if S != smax[lname]:
                 per_layer[lname]["limited_by"] = "calibration"
+                per_layer[lname]["calibration_reason"] = reason
             calib_info[lname] = {"chosen_scale": S, "max_scale": smax[lname], "candidates": errs}
 
     for lname, rep in per_layer.items():
@@ -197,6 +275,7 @@ def quantize(graph: ir.Graph, calibration=None, *, input_scale: float | None = N
         if rep["zeroed_weights"]:
             warn(f"layer '{lname}': {rep['zeroed_weights']} of {rep['nonzero_weights']} non-zero weights round to 0 "
                  f"at scale {rep['scale']:.4g} (8-bit weights sharing the scale with θ)")
+        _check_bias_range(g, lname, rep, bias_mode, bias_bits)
         if rep["threshold_q"] < 1:
             raise NeurodeployError(f"threshold rounds to {rep['threshold_q']} at scale {rep['scale']:.4g}",
                                    layer=rep["neuron"], fix="the threshold must be >= 1 after scaling")
@@ -207,8 +286,24 @@ def quantize(graph: ir.Graph, calibration=None, *, input_scale: float | None = N
 
     g.metadata["quantization"] = {
         "target": "speck", "weight_bits": WEIGHT_BITS, "state_bits": STATE_BITS, "bias_bits": bias_bits,
+        "bias_mode": bias_mode,
         "rounding": "half_even (numpy.rint, as torch.round in sinabs)",
         "input_scale": s_in if not inp.is_spikes else None,
         "layers": per_layer, "warnings": msgs, "calibration": calib_info,
     }
     return g
+
+
+def quantization_report(meta: dict) -> str:
+    """Per layer: scale, weight bits used, weights rounded to 0, and the limit that binds (and why)."""
+    lines = [f"quantisation (bias_mode {meta.get('bias_mode', 'initial')}, bias {meta.get('bias_bits')} bits; "
+             f"the scale is the smallest of the limits, each the largest scale its values allow):",
+             f"  {'layer':<24} {'scale':>9} {'max|w_q|':>8} {'zeroed':>8} {'θ_q':>6}  limited by"]
+    for lname, rep in meta.get("layers", {}).items():
+        nz = max(rep.get("nonzero_weights", 0), 1)
+        limits = ", ".join(f"{k} {v:.4g}" for k, v in sorted(rep["limits"].items(), key=lambda kv: kv[1]))
+        why = f" ({rep['calibration_reason']})" if rep.get("calibration_reason") else ""
+        lines.append(f"  {lname:<24} {rep['scale']:>9.4g} {rep['max_abs_weight_q']:>8} "
+                     f"{100 * rep['zeroed_weights'] / nz:>7.2f}% {rep['threshold_q']:>6}  {rep['limited_by']}{why}"
+                     f" [limits: {limits}]")
+    return "\n".join(lines) + "\n"

@@ -51,7 +51,7 @@ class SpeckTarget(Target):
         rep = drc.run_drc(g.copy(), core_map)
         rep.raise_if_failed()
         if not g.is_quantized or g.metadata["quantization"].get("target") != "speck":
-            g = qmod.quantize(g, calibration, **_quantize_options(options))
+            g = qmod.quantize(g, calibration, bias_mode=bias_mode, **_quantize_options(options))
         if mapping and mapping.get("layer_to_core") not in (None, rep.layer_to_core):
             raise NeurodeployError("the mapping given to emit differs from the one the design-rule check finds",
                                    fix="pass the same core_map to map() and emit()")
@@ -77,6 +77,7 @@ class SpeckTarget(Target):
         report += "\nsamna: " + (f"validated, flash binary written ({why})" if ok else status["text"]) + "\n"
         if rep.warnings:
             report += "\nwarnings:\n" + "".join(f"  - {w}\n" for w in rep.warnings)
+        report += "\n" + qmod.quantization_report(g.metadata["quantization"])
         qwarn = g.metadata["quantization"].get("warnings") or []
         if qwarn:
             report += "\nquantisation:\n" + "".join(f"  - {w}\n" for w in qwarn)
@@ -146,7 +147,7 @@ class SpeckTarget(Target):
         return verify(graph, x, **options)
 
 
-_QUANTIZE_OPTIONS = ("input_scale", "max_input_events", "low_threshold", "bias_bits", "scales")
+_QUANTIZE_OPTIONS = ("input_scale", "max_input_events", "low_threshold", "bias_bits", "scales", "bias_mode")
 
 
 def _quantize_options(options: dict) -> dict:
