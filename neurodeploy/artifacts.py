@@ -125,3 +125,53 @@ class ArtifactDir:
             self.commit()
         else:
             self.abort()
+
+
+MANIFEST = "manifest.json"
+NO_VERIFY_HINT = "re-run `neurodeploy compile` into this folder, or pass --no-verify-manifest to run it anyway"
+
+
+def verify_manifest(out_dir: str | os.PathLike, needed: tuple[str, ...] | list[str] = ()) -> dict:
+    """Check a compiled output folder against its ``manifest.json`` before anything runs from it.
+
+    Every artefact the manifest lists must exist with the sha256 recorded at compile time, and every
+    file in ``needed`` must be one of them (an artefact the manifest does not vouch for is refused
+    like an edited one). Returns the manifest; raises a NeurodeployError naming the file otherwise.
+    """
+    from .errors import NeurodeployError
+
+    out_dir = Path(out_dir)
+    manifest = _read_manifest(out_dir / MANIFEST)
+    listed = manifest.get("artefacts")
+    if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
+        raise NeurodeployError(f"{out_dir / MANIFEST} has no 'artefacts' table of sha256 hashes",
+                               fix=NO_VERIFY_HINT)
+    for name in needed:
+        if name not in listed:
+            raise NeurodeployError(f"{out_dir / name} is not listed in {out_dir / MANIFEST}",
+                                   fix=NO_VERIFY_HINT)
+    for name, digest in sorted(listed.items()):
+        path = out_dir / name
+        if Path(name).name != name:
+            raise NeurodeployError(f"{out_dir / MANIFEST} lists {name!r}, which is not a file in the folder")
+        if not path.is_file():
+            raise NeurodeployError(f"{path} is missing (listed in {MANIFEST})", fix=NO_VERIFY_HINT)
+        if sha256_file(path) != digest:
+            raise NeurodeployError(f"{path} was changed after compilation (sha256 differs from {MANIFEST})",
+                                   fix=NO_VERIFY_HINT)
+    return manifest
+
+
+def _read_manifest(path: Path) -> dict:
+    from .errors import NeurodeployError
+
+    if not path.is_file():
+        raise NeurodeployError(f"{path} is missing, so the artefacts in {path.parent} cannot be checked",
+                               fix=NO_VERIFY_HINT)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NeurodeployError(f"{path} is not readable JSON: {e}", fix=NO_VERIFY_HINT) from None
+    if not isinstance(manifest, dict):
+        raise NeurodeployError(f"{path} is not a neurodeploy manifest (not a JSON object)", fix=NO_VERIFY_HINT)
+    return manifest

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
 import click
 
 from . import __version__
+from .ir import MAX_SPIKE_BUDGET
 from .errors import NeurodeployError
-from .engine.cli import route_cmd, simulate_cmd
+from .engine.cli import check_artifacts, manifest_option, route_cmd, simulate_cmd
 from .targets import TARGET_NAMES
 
 EPILOG = """\b
@@ -29,9 +33,27 @@ def _parse_shape(_ctx, _param, value):
     if value is None:
         return None
     try:
-        return tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
+        shape = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a shape like 1,8,8") from None
+    if not shape or min(shape) < 1:
+        raise click.BadParameter(f"{value!r}: every dimension must be >= 1 (per sample C,H,W, e.g. 1,8,8)")
+    return shape
+
+
+def _finite(minimum: float, strict: bool):
+    """Callback for a float option that must be finite and > (strict) or >= ``minimum``."""
+    def check(_ctx, _param, value):
+        if value is None:
+            return None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise click.BadParameter(f"{value} must be a finite number {'>' if strict else '>='} {minimum:g}")
+        return value
+    return check
+
+
+LIMIT = click.IntRange(min=1)
+ENERGY = {"type": float, "show_default": True, "callback": _finite(0.0, strict=False)}
 
 
 def _parse_json(_ctx, param, value):
@@ -59,10 +81,16 @@ def model_options(f):
                      "the checkpoint's 'input_shape')."),
         click.option("--until", help="Deploy up to this module/node (e.g. 'encoder'): drops SimCLR projection "
                      "heads and MIM decoders. Default: the checkpoint's 'until' entry, else the whole model."),
-        click.option("--spike-d", type=int, help="Spike budget D for activations whose code does not reveal it."),
+        click.option("--spike-d", type=click.IntRange(1, MAX_SPIKE_BUDGET),
+                     help=f"Spike budget D (1..{MAX_SPIKE_BUDGET}: each layer takes D timesteps) for "
+                     "activations whose code does not reveal it."),
         click.option("--rounding", type=click.Choice(["half_even", "half_up", "floor"]),
                      help="Rounding rule for activations whose code does not reveal it."),
-        click.option("--norm", type=float, help="Activation norm (a = round(x)/norm) when the code hides it."),
+        click.option("--norm", type=float, callback=_finite(0.0, strict=True),
+                     help="Activation norm (a = round(x)/norm, finite > 0) when the code hides it."),
+        click.option("--override-activation", is_flag=True,
+                     help="Let --spike-d/--rounding/--norm replace values the model's code states (refused "
+                     "otherwise); the override is warned about and recorded in manifest.json."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -73,7 +101,8 @@ def _load_options(kw: dict) -> dict:
     spike = {k: v for k, v in (("max_spikes", kw.pop("spike_d")), ("rounding", kw.pop("rounding")),
                                ("norm", kw.pop("norm"))) if v is not None}
     return {"arch": kw.pop("arch"), "arch_kwargs": kw.pop("arch_kwargs"), "trust": kw.pop("trust"),
-            "input_shape": kw.pop("input_shape"), "until": kw.pop("until"), "spike": spike or None}
+            "input_shape": kw.pop("input_shape"), "until": kw.pop("until"), "spike": spike or None,
+            "override_activation": kw.pop("override_activation")}
 
 
 def _energy(e_mac, e_ac):
@@ -84,14 +113,40 @@ def _format_warning(message, category, *_args, **_kwargs) -> str:
     return f"warning: {message}\n"
 
 
+BUG_REPORT = "please report this as a bug with the command line you ran (NEURODEPLOY_DEBUG=1 shows the traceback)"
+
+
+def _fail(text: str, status: int) -> None:
+    if os.environ.get("NEURODEPLOY_DEBUG") == "1":
+        traceback.print_exc()
+    click.secho(text, fg="red", err=True)
+    sys.exit(status)
+
+
+def _os_error_text(e: OSError) -> str:
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    reason = e.strerror or str(e)
+    fix = ("choose a path you may read/write, or change its permissions" if isinstance(e, PermissionError)
+           else "check the path and the free disk space")
+    return f"error: {paths + ': ' if paths else ''}{reason}\n  fix: {fix}"
+
+
 class _Group(click.Group):
     def invoke(self, ctx):
         warnings.formatwarning = _format_warning
         try:
             return super().invoke(ctx)
         except NeurodeployError as e:
-            click.secho(f"error: {e}", fg="red", err=True)
-            sys.exit(2)
+            _fail(f"error: {e}", 2)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click prints these itself (usage errors: exit 2)
+        except OSError as e:  # a user path we cannot read or write (permissions, disk full, gone)
+            _fail(_os_error_text(e), 2)
+        except MemoryError:
+            _fail("error: out of memory\n  fix: use fewer samples (--limit) or a smaller --input-shape", 2)
+        except Exception as e:  # noqa: BLE001 - last resort: a bug of ours, reported as one line
+            first = (str(e).strip().splitlines() or [""])[0]
+            _fail(f"internal error: {type(e).__name__}: {first} ({BUG_REPORT})", 3)
 
 
 @click.group(cls=_Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,6 +164,25 @@ def main():
     """
 
 
+def speck_bias_options(f):
+    """--bias-mode / --bias-bits (Speck): where the quantised bias goes, and how wide it may be."""
+    f = click.option("--bias-bits", type=int,
+                     help="Speck: bias width in bits (default and maximum: 16 with --bias-mode initial, 8 with "
+                          "leak, the chip's bias register); a narrower bias limits the shared scale.")(f)
+    return click.option("--bias-mode", type=click.Choice(["initial", "leak"]),
+                        help="Speck: 'initial' (default) adds the bias once through the 16-bit initial membrane "
+                             "value (no slow clock, as the integer model); 'leak' writes it to the chip's 8-bit bias "
+                             "register, where it acts on every slow-clock tick (not simulated).")(f)
+
+
+def _speck_bias_options(target: str, kw: dict) -> dict:
+    """Pop --bias-mode/--bias-bits out of ``kw`` as target options; refused for other targets."""
+    opts = {k: v for k in ("bias_mode", "bias_bits") if (v := kw.pop(k, None)) is not None}
+    if opts and target != "speck":
+        raise click.UsageError("--bias-mode/--bias-bits apply to --target speck only")
+    return opts
+
+
 @main.command("compile")
 @model_options
 @click.option("--target", "-t", type=click.Choice(TARGET_NAMES), default="sim", show_default=True)
@@ -117,15 +191,18 @@ def main():
 @click.option("--data", type=click.Path(exists=True, dir_okay=False),
               help=".npz with x (and y): profile and verify on these inputs.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
-              help=".npz with x: lets the target choose quantisation scales from data.")
+              help=".npz with x: lets the target choose quantisation scales from data (default: --data "
+              "doubles as calibration).")
 @click.option("--verify/--no-verify", default=False, help="Also verify spike counts on --data (exit 1 if the "
-              "layer-synchronous schedule is not exact).")
+              "program differs from the integer reference, or from the model where precision does not "
+              "explain it).")
 @click.option("--profile/--no-profile", default=True, show_default=True, help="Profile on --data.")
-@click.option("--limit", type=int, help="Use only the first N samples of --data.")
+@click.option("--limit", type=LIMIT, help="Use only the first N samples of --data.")
 @click.option("--emit", multiple=True, type=click.Choice(["routing"]), help="Extra artefacts.")
 @click.option("--core-map", callback=_parse_json, help="Speck: JSON {layer: core} placement override.")
-@click.option("--e-mac", default=4.6, show_default=True, help="Energy per MAC (pJ).")
-@click.option("--e-ac", default=0.9, show_default=True, help="Energy per synaptic AC (pJ).")
+@speck_bias_options
+@click.option("--e-mac", default=4.6, **ENERGY, help="Energy per MAC (pJ, finite >= 0).")
+@click.option("--e-ac", default=0.9, **ENERGY, help="Energy per synaptic AC (pJ, finite >= 0).")
 def compile_cmd(target, out_dir, data, calibration, verify, profile, limit, emit, core_map, e_mac, e_ac, **kw):
     """Compile MODEL for a target into OUT: IR, NIR, target artefacts, profile, manifest.json."""
     from . import api
@@ -133,11 +210,12 @@ def compile_cmd(target, out_dir, data, calibration, verify, profile, limit, emit
     if verify and not data:
         raise click.UsageError("--verify needs --data")
     target_options = {"core_map": core_map} if core_map else {}
+    target_options.update(_speck_bias_options(target, kw))
     res = api.compile(kw.pop("model"), target=target, out_dir=out_dir, data=data, calibration=calibration,
                       verify=verify, profile=profile, limit=limit, emit=tuple(emit),
                       target_options=target_options, energy=_energy(e_mac, e_ac),
                       **_load_options(kw))
-    click.echo(f"compiled for '{target}' into {res.out_dir}/")
+    click.echo(f"compiled for '{target}' into {res.out_dir}/ (quantisation scales from {res.calibration_note})")
     for name in sorted(res.artifacts):
         click.echo(f"  {name}")
     if res.profile is not None:
@@ -159,8 +237,10 @@ def compile_cmd(target, out_dir, data, calibration, verify, profile, limit, emit
               "loihi: sync).")
 @click.option("--runtime", type=click.Choice(["sim", "lava"]), default="sim", show_default=True,
               help="loihi: also run the .net file in Lava's fixed-point CPU model and compare.")
-@click.option("--limit", type=int, help="Use only the first N samples.")
-@click.option("--calibration", type=click.Path(exists=True, dir_okay=False))
+@click.option("--limit", type=LIMIT, help="Use only the first N samples.")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
+              help=".npz with x: quantisation scales from these inputs (default: --data doubles as calibration).")
+@speck_bias_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, **kw):
     """Compare the model's own PyTorch forward with the simulation, layer by layer.
@@ -174,8 +254,10 @@ def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, **
     """
     from . import api
 
+    target_options = _speck_bias_options(target, kw)
     report = api.verify(kw.pop("model"), data=data, target=target, limit=limit, schedules=tuple(schedules) or None,
-                        calibration=calibration, runtime=runtime, **_load_options(kw))
+                        calibration=calibration, runtime=runtime, target_options=target_options,
+                        **_load_options(kw))
     click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True) if as_json else report.format_table())
     if not report.ok():
         sys.exit(1)
@@ -185,17 +267,19 @@ def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, **
 @model_options
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help=".npz with x.")
 @click.option("--target", "-t", type=click.Choice(TARGET_NAMES), default="sim", show_default=True)
-@click.option("--limit", type=int)
+@click.option("--limit", type=LIMIT)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG of per-layer SynOps and energy.")
-@click.option("--e-mac", default=4.6, show_default=True, help="Energy per MAC (pJ).")
-@click.option("--e-ac", default=0.9, show_default=True, help="Energy per synaptic AC (pJ).")
-def profile_cmd(data, target, limit, fmt, plot, e_mac, e_ac, **kw):
+@click.option("--e-mac", default=4.6, **ENERGY, help="Energy per MAC (pJ, finite >= 0).")
+@click.option("--e-ac", default=0.9, **ENERGY, help="Energy per synaptic AC (pJ, finite >= 0).")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
+              help=".npz with x: quantisation scales from these inputs (default: from --data), as compile.")
+def profile_cmd(data, target, limit, fmt, plot, e_mac, e_ac, calibration, **kw):
     """Per-layer neurons, synapses, SynOps, MACs, firing rates and energy."""
     from . import api
 
     report = api.profile(kw.pop("model"), data=data, target=target, limit=limit, energy=_energy(e_mac, e_ac),
-                         **_load_options(kw))
+                         calibration=calibration, **_load_options(kw))
     click.echo(report.format(fmt))
     if plot:
         report.plot(plot)
@@ -218,16 +302,18 @@ def inspect_cmd(canonical, **kw):
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help=".npz with x.")
 @click.option("--runtime", type=click.Choice(["lava", "sim"]), default="lava", show_default=True,
               help="lava: Lava's fixed-point CPU model of Loihi 2; sim: neurodeploy's bit-accurate simulator.")
-@click.option("--limit", type=int, help="Use only the first N samples.")
+@click.option("--limit", type=LIMIT, help="Use only the first N samples.")
 @click.option("--json", "as_json", is_flag=True, help="Print per-layer counts as JSON.")
-def run_cmd(out_dir, data, runtime, limit, as_json):
+@manifest_option
+def run_cmd(out_dir, data, runtime, limit, as_json, verify_manifest):
     """Run a compiled Loihi artefact (OUT_DIR from `compile --target loihi`) and print per-layer spikes."""
     import numpy as np
 
     from .data import load_data
-    from .targets.loihi import run_artifact
+    from .targets.loihi import NET_FILE, SIDECAR, load_artifact, run_artifact
 
-    x = load_data(data, limit).x
+    check_artifacts(out_dir, [NET_FILE, SIDECAR], verify_manifest)
+    x = load_data(data, limit, input_shape=load_artifact(out_dir)[0].input_shape).x
     res = run_artifact(out_dir, x, runtime=runtime)
     totals = {name: int(np.asarray(c).sum()) for name, c in res.counts.items()}
     if as_json:

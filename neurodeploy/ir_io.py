@@ -9,6 +9,7 @@ directly; :func:`load_graph` rebuilds the :class:`~neurodeploy.ir.Graph`.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import zipfile
@@ -18,12 +19,12 @@ import numpy as np
 
 from . import ir
 from .artifacts import _jsonable, atomic_write
-from .errors import LoadError
+from .errors import LoadError, NeurodeployError
 
 FORMAT = "neurodeploy-ir"
 VERSION = 1
 _DATE = (1980, 1, 1, 0, 0, 0)
-_TUPLE_FIELDS = {"shape", "input_shape", "target_shape", "stride", "padding", "dilation", "kernel"}
+_TUPLE_FIELDS = {"shape", "input_shape", "target_shape", "stride", "padding", "dilation", "kernel", "dims"}
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -102,17 +103,65 @@ def graph_from_bytes(data: bytes) -> ir.Graph:
                       for n in zf.namelist() if n.endswith(".npy")}
     except (zipfile.BadZipFile, KeyError, ValueError) as e:
         raise LoadError(f"not a neurodeploy IR file: {e}", fix="pass a graph.ir.npz written by neurodeploy") from e
-    if desc.get("format") != FORMAT:
+    if not isinstance(desc, dict) or desc.get("format") != FORMAT:
         raise LoadError("not a neurodeploy IR file (format tag missing)")
+    try:
+        g = _graph_from_desc(desc, arrays)
+        check_loaded_graph(g)
+    except LoadError:
+        raise
+    except (NeurodeployError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise LoadError(f"the graph in this IR file is damaged: {type(e).__name__}: {e}",
+                        fix="re-run `neurodeploy compile` to write it again") from None
+    return g
+
+
+def _graph_from_desc(desc: dict, arrays: dict) -> ir.Graph:
     g = ir.Graph(metadata=desc.get("metadata", {}))
     for nd in desc["nodes"]:
         cls = ir.NODE_TYPES.get(nd["kind"])
         if cls is None:
             raise LoadError(f"unknown node kind {nd['kind']!r}", layer=nd["name"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(nd["fields"]) - known)
+        if unknown:
+            raise LoadError(f"{nd['kind']} has unknown field(s) {', '.join(map(repr, unknown))}", layer=nd["name"],
+                            fix="the IR file was edited or written by another neurodeploy version; compile again")
         kwargs = {k: _restore(v, arrays, k) for k, v in nd["fields"].items()}
         g.nodes[nd["name"]] = cls(**kwargs)
     g.edges = [tuple(e) for e in desc["edges"]]
+    if any(len(e) != 2 for e in g.edges):
+        raise LoadError("an edge is not a pair of node names")
     return g
+
+
+def check_loaded_graph(g: ir.Graph) -> None:
+    """What the simulators rely on and a damaged file can break: edges between known nodes, and
+    every weight array's shape agreeing with the shapes recorded at compile time."""
+    g.validate()
+    for name, node in g.nodes.items():
+        if isinstance(node, ir.WEIGHT_NODES):
+            _check_weight_arrays(name, node)
+    recorded = {name: node.shape for name, node in g.nodes.items()}
+    ir.infer_shapes(g)
+    for name, node in g.nodes.items():
+        if recorded[name] is not None and tuple(recorded[name]) != tuple(node.shape):
+            raise LoadError(f"shape {tuple(node.shape)} from the weights differs from the recorded "
+                            f"{tuple(recorded[name])}", layer=name)
+        node.shape = recorded[name] if recorded[name] is not None else node.shape
+
+
+def _check_weight_arrays(name: str, node) -> None:
+    w = node.weight if node.weight is not None else node.weight_q
+    if w is None:
+        raise LoadError(f"{node.kind} has no weight", layer=name)
+    if node.weight_q is not None and node.weight is not None and node.weight_q.shape != node.weight.shape:
+        raise LoadError(f"weight_q shape {node.weight_q.shape} differs from weight shape {node.weight.shape}",
+                        layer=name)
+    for key in ("bias", "bias_q"):
+        b = getattr(node, key)
+        if b is not None and np.shape(b) != (w.shape[0],):
+            raise LoadError(f"{key} shape {np.shape(b)} does not match {w.shape[0]} output channels", layer=name)
 
 
 def load_graph(path) -> ir.Graph:
@@ -121,4 +170,8 @@ def load_graph(path) -> ir.Graph:
         data = Path(path).read_bytes()
     except OSError as e:
         raise LoadError(f"cannot read {path}: {e}") from e
-    return graph_from_bytes(data)
+    try:
+        return graph_from_bytes(data)
+    except LoadError as e:
+        where = f"layer '{e.layer}': " if e.layer else ""
+        raise LoadError(f"{path}: {where}{e.message}", fix=e.fix) from None

@@ -410,14 +410,15 @@ def test_route_cli(tmp_path):
     routing = build_routing(g)
     save_routing(routing, tmp_path / "routing.npz")
     name = routing.layer(1).name
-    res = CliRunner().invoke(route_cmd, [str(tmp_path), "--layer", "1", "--address", "0,1,1"])
+    res = CliRunner().invoke(route_cmd, [str(tmp_path), "--layer", "1", "--address", "0,1,1", "--no-verify-manifest"])
     assert res.exit_code == 0, res.output
     assert name in res.output and "weight_index" in res.output
     n = len(routing.destinations(1, (0, 1, 1)))
     assert f"{n} destination(s)" in res.output
-    res = CliRunner().invoke(route_cmd, [str(tmp_path), "--layer", name, "--address", "0,1,1", "--json"])
+    res = CliRunner().invoke(route_cmd, [str(tmp_path), "--layer", name, "--address", "0,1,1", "--json",
+                                         "--no-verify-manifest"])
     assert res.exit_code == 0 and f'"layer": "{name}"' in res.output
-    res = CliRunner().invoke(route_cmd, [str(tmp_path), "--layer", "99", "--address", "0,0,0"])
+    res = CliRunner().invoke(route_cmd, [str(tmp_path), "--layer", "99", "--address", "0,0,0", "--no-verify-manifest"])
     assert res.exit_code != 0
 
 
@@ -438,9 +439,10 @@ def test_simulate_cli_event_engine(tmp_path):
     save_graph(g, tmp_path / "graph.ir.npz")
     np.savez(tmp_path / "data.npz", x=xs)
     res = CliRunner().invoke(simulate_cmd, [str(tmp_path), "--data", str(tmp_path / "data.npz"), "--json",
-                                            "--no-progress", "--order", "depth", "--rule", "single"])
+                                            "--no-progress", "--order", "depth", "--rule", "single",
+                                            "--no-verify-manifest"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)  # the --no-verify-manifest warning goes to stderr
     assert out["order"] == "depth" and set(out["layers"]) == set(g.neurons())
 
 

@@ -33,6 +33,24 @@ def _routing_path(out_dir) -> Path:
     return p if p.suffix == ".npz" else p / "routing.npz"
 
 
+def manifest_option(f):
+    """``--verify-manifest/--no-verify-manifest`` for commands that run a compiled output folder."""
+    return click.option("--verify-manifest/--no-verify-manifest", default=True, show_default=True,
+                        help="Check every artefact against the sha256 hashes in OUT_DIR/manifest.json "
+                        "before running it.")(f)
+
+
+def check_artifacts(folder, needed, verify: bool) -> None:
+    """Refuse a folder whose artefacts differ from its manifest (or say on stderr that we did not look)."""
+    from ..artifacts import verify_manifest
+
+    if verify:  # a needed file that is absent is left to the loader, whose message says what the folder lacks
+        verify_manifest(folder, [n for n in needed if (Path(folder) / n).exists()])
+    else:
+        click.echo(f"warning: --no-verify-manifest: the artefacts in {folder} are not checked against "
+                   "manifest.json", err=True)
+
+
 def format_destinations(table, address, dests) -> str:
     lines = [f"layer {table.index} '{table.name}' ({table.kind}), source address {address}: "
              f"{len(dests)} destination(s)"]
@@ -52,11 +70,14 @@ def format_destinations(table, address, dests) -> str:
               "layer's input (c,x for 1-D inputs; a single number is a flat index).")
 @click.option("--json", "as_json", is_flag=True, help="Print the destinations as JSON.")
 @click.option("--summary", is_flag=True, help="Also print the per-layer routing summary.")
-def route_cmd(out_dir, layer, address, as_json, summary):
+@manifest_option
+def route_cmd(out_dir, layer, address, as_json, summary, verify_manifest):
     """Print where an event at ADDRESS of a layer goes (from OUT_DIR/routing.npz)."""
     from ..routing import load_routing
 
-    routing = load_routing(_routing_path(out_dir))
+    path = _routing_path(out_dir)
+    check_artifacts(path.parent, [path.name], verify_manifest)
+    routing = load_routing(path)
     table = routing.layer(layer)
     dests = table.destinations(address)
     if as_json:
@@ -69,9 +90,12 @@ def route_cmd(out_dir, layer, address, as_json, summary):
         click.echo(routing.summary_text())
 
 
-def _load_inputs(path, limit):
-    """x from an .npz: a raster batch [N, *input_shape], or one structured event array."""
+def _load_inputs(path, limit, input_shape=None):
+    """x from an .npz: a raster batch [N, *input_shape] (checked by :func:`data.load_data`), or one
+    structured event array (``events``)."""
     import numpy as np
+
+    from ..data import load_data
 
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -79,14 +103,14 @@ def _load_inputs(path, limit):
             if key is None:
                 raise NeurodeployError(f"{path} has arrays {f.files}, but no 'x' or 'events'",
                                        fix="np.savez(path, x=rasters) or np.savez(path, events=structured_events)")
-            x = np.asarray(f[key])
+            events = np.asarray(f[key]) if key == "events" else None
     except NeurodeployError:
         raise
-    except Exception as e:  # noqa: BLE001 - any unreadable file
-        raise NeurodeployError(f"cannot read {path}: {e}") from None
-    if x.dtype.names:
-        return [x]
-    return x[:limit] if limit else x
+    except Exception:  # noqa: BLE001 - not an .npz (e.g. a plain .npy): load_data reads or names it
+        events = None
+    if events is not None and events.dtype.names:
+        return [events]
+    return load_data(path, limit, input_shape=input_shape).x
 
 
 def simulate_events_cli(graph, x, *, rule: str = "multi", order: str = "breadth", routing=None,
@@ -151,10 +175,11 @@ def simulate_events_cli(graph, x, *, rule: str = "multi", order: str = "breadth"
               help="Event engine: spikes per neuron per input event (single = Speck).")
 @click.option("--order", type=click.Choice(["breadth", "depth"]), default="breadth", show_default=True,
               help="Event engine: layer barrier (exact) or depth-first (Speck).")
-@click.option("--limit", type=int, help="Use only the first N samples.")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def simulate_cmd(out_dir, data, engine, rule, order, limit, as_json, progress):
+@manifest_option
+def simulate_cmd(out_dir, data, engine, rule, order, limit, as_json, progress, verify_manifest):
     """Simulate a compiled graph (OUT_DIR/graph.ir.npz) on --data."""
     import numpy as np
 
@@ -164,8 +189,12 @@ def simulate_cmd(out_dir, data, engine, rule, order, limit, as_json, progress):
     graph_path = p / "graph.ir.npz" if p.is_dir() else p
     if not graph_path.exists():
         raise NeurodeployError(f"no compiled graph at {graph_path}", fix="run neurodeploy compile -o OUT_DIR first")
+    routing_used = engine == "event" and (graph_path.parent / "routing.npz").exists()
+    check_artifacts(graph_path.parent, [graph_path.name] + (["routing.npz"] if routing_used else []),
+                    verify_manifest)
     graph = load_graph(graph_path)
-    x = _load_inputs(data, limit)
+    inputs = graph.input_names()
+    x = _load_inputs(data, limit, graph.nodes[inputs[0]].input_shape if len(inputs) == 1 else None)
     echo = (lambda *_a, **_k: None) if as_json else click.echo
     if engine == "event":
         routing = None

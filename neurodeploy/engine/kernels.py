@@ -19,8 +19,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..numba_cache import numba_cache
 
-@njit(cache=True, inline='always')
+CACHE = numba_cache(__file__)
+
+
+@njit(cache=CACHE, inline='always')
 def _gather(s, a, st, ryp, ryo, ryk, rxp, rxo, rxk, wt, mask, so, sw):
     Cin = st[s, 0]
     Hin = st[s, 1]
@@ -63,7 +67,7 @@ def _gather(s, a, st, ryp, ryo, ryk, rxp, rxo, rxk, wt, mask, so, sw):
     return n
 
 
-@njit(cache=True, inline='always')
+@njit(cache=CACHE, inline='always')
 def _deliver(s, a, sv, L, eid, nt, st, ryp, ryo, ryk, rxp, rxo, rxk, wt, mask,
              loff, theta, lo, hi, dmax, v, cnt, stamp, touched, ctr):
     """Fused gather + accumulate for a stage whose only target is IF layer L."""
@@ -120,7 +124,40 @@ def _deliver(s, a, sv, L, eid, nt, st, ryp, ryo, ryk, rxp, rxo, rxk, wt, mask,
     return nt, n
 
 
-@njit(cache=True, inline='always')
+GATE_STRIDE = 1 << 32
+
+
+@njit(cache=CACHE, inline='always')
+def _deliver_gate(gid, p, eid, g_layer, g_woff, g_hw, g_cl, gw, loff, theta, lo, hi, dmax, v, cnt, stamp,
+                  touched, ctr):
+    """A gate event at output position ``p``: channel f of IF layer g_layer[gid] gets gw[g_woff[gid]+f]."""
+    L = g_layer[gid]
+    w0 = g_woff[gid]
+    F = g_woff[gid + 1] - w0
+    hw = g_hw[gid]
+    nt = 0
+    for f in range(F):
+        if g_cl[gid] != 0:
+            i = loff[L] + p * F + f
+        else:
+            i = loff[L] + f * hw + p
+        nv = v[i] + gw[w0 + f]
+        if nv > hi[L]:
+            nv = hi[L]
+            ctr[2] += 1
+        elif nv < lo[L]:
+            nv = lo[L]
+            ctr[2] += 1
+        v[i] = nv
+        if nv >= theta[L] and cnt[i] < dmax[L]:
+            if stamp[i] != eid:
+                stamp[i] = eid
+                touched[nt] = i
+                nt += 1
+    return nt
+
+
+@njit(cache=CACHE, inline='always')
 def _fire(i, L, single, v, cnt, theta, dmax):
     """Per-event firing check of neuron ``i`` (layer ``L``): number of spikes fired now."""
     th = theta[L]
@@ -138,12 +175,12 @@ def _fire(i, L, single, v, cnt, theta, dmax):
     return 0
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def process(mode, src0, addrs, tstamps, e0, e1, single, record,
             st, ryp, ryo, ryk, rxp, rxo, rxk, wt, mask, tg_ptr, tg_kind, tg_id,
             src_ptr, src_kind, src_id, srcval, loff, theta, lo, hi, dmax, nlayer, soff,
             v, cnt, stamp, touched, sink, synops, ctr, wst_s, wst_a, wst_v, so, sw,
-            es_l, es_a, log_l, log_a, log_t):
+            es_l, es_a, log_l, log_a, log_t, g_layer, g_woff, g_hw, g_cl, g_stage, gw):
     """The event loop (one function, so that nothing per event pays a call with many arrays).
 
     mode 0 (breadth, integrate only): deliver events ``addrs[e0:e1]`` of source ``src0``, no firing.
@@ -152,6 +189,9 @@ def process(mode, src0, addrs, tstamps, e0, e1, single, record,
     depth-first (LIFO stack; the first emitted is processed next) before the next input event.
     mode 2 (depth start tick): for neurons ``e0..e1-1`` of layer ``src0``: fire per the rule
     if at/above threshold, each neuron's events fully propagated before the next neuron.
+    mode 3 (depth, host stream): as mode 1, but an address < 0 is a gate event -(1 + gid·2^32 + p):
+    gate ``gid`` (an extra input feature of IF layer ``g_layer[gid]`` whose kernel has one tap) adds
+    ``gw[g_woff[gid] + f]`` to the neuron (f, p) of every channel f at output position p.
     """
     nst = st.shape[0]
     for e in range(e0, e1):
@@ -174,19 +214,32 @@ def process(mode, src0, addrs, tstamps, e0, e1, single, record,
         else:
             es_l[0] = src0
             es_a[0] = addrs[e]
+            if mode == 3 and addrs[e] < 0:
+                code = -1 - addrs[e]
+                es_l[0] = -1 - code // GATE_STRIDE
+                es_a[0] = code % GATE_STRIDE
             sp = 1
             cur_t = tstamps[e]
         while sp > 0:
             sp -= 1
             src = es_l[sp]
             a = es_a[sp]
-            val = srcval[src]
             ctr[0] += 1
             eid = ctr[0]
             # ---- synaptic phase: deliver the event to every membrane it reaches
             nt = 0
             nw = 0
-            for ed in range(src_ptr[src], src_ptr[src + 1]):
+            if src < 0:
+                nt = _deliver_gate(-1 - src, a, eid, g_layer, g_woff, g_hw, g_cl, gw, loff, theta, lo, hi,
+                                   dmax, v, cnt, stamp, touched, ctr)
+                synops[g_stage[-1 - src]] += g_woff[-src] - g_woff[-1 - src]
+                src = 0
+                val = srcval[0]
+                ed0 = src_ptr[1]  # no source edges to walk
+            else:
+                val = srcval[src]
+                ed0 = src_ptr[src]
+            for ed in range(ed0, src_ptr[src + 1]):
                 kd = src_kind[ed]
                 tid = src_id[ed]
                 if kd == 1:
@@ -292,7 +345,7 @@ def process(mode, src0, addrs, tstamps, e0, e1, single, record,
                 hi_i -= 1
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def barrier_fire(L, single, record, loff, theta, dmax, heven, v, cnt, kk, out_a, ctr, log_l, log_a, log_t):
     """Fire layer L after its barrier: each neuron fires n = clip(floor(v/θ), 0, D - fired)
     (one fewer on an exact half-even tie). Events: neuron-major ('multi') or timestep-major

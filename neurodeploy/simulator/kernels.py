@@ -24,8 +24,12 @@ except Exception:  # pragma: no cover
             return f
         return wrap
 
+from ..numba_cache import numba_cache  # noqa: E402
 
-@njit(cache=True, nogil=True)
+CACHE = numba_cache(__file__) if HAVE_NUMBA else False
+
+
+@njit(cache=CACHE, nogil=True)
 def if_sync_kernel(cur, add, div, hi, theta, D, half_even, tol, counts, train, record, S):
     """Layer-synchronous IF: v = min((cur + add) / div, hi); then D steps of fire/subtract.
 
@@ -64,7 +68,7 @@ def if_sync_kernel(cur, add, div, hi, theta, D, half_even, tol, counts, train, r
     return near
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def if_stream_kernel(v, cur, has_cur, div, count, spikes, theta, D, half_even, hi, lo):
     """One streaming step for a layer, in place: v += cur/div (if has_cur), clamp, fire at most
     once if the budget allows, subtract. ``spikes`` (float64 0/1) is written. Returns #spikes."""
@@ -96,7 +100,7 @@ def if_stream_kernel(v, cur, has_cur, div, count, spikes, theta, D, half_even, h
     return total
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def if_sync_kernel_blocked(cur, add, div, hi, theta, D, half_even, tol, counts):
     """Same dynamics and result as :func:`if_sync_kernel` (without recording trains), stepped block
     by block: 2048 neurons' membranes and counts stay in cache while all D timesteps are applied to
@@ -138,7 +142,7 @@ def if_sync_kernel_blocked(cur, add, div, hi, theta, D, half_even, tol, counts):
     return near
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def recombine_limbs(y, pw, bias, has_bias, S, out):
     """out[r, p] = Σ_j y[r, j, p]·pw[j] (+ bias[(r % G)·Og + p // S]) for limb results ``y``
     [R, L, P] (float32 integers) -> ``out`` [R, P] float64; exact (see simulator.core)."""
@@ -162,7 +166,7 @@ def recombine_limbs(y, pw, bias, has_bias, S, out):
 
 # -- filter-and-refine sync path (see simulator.core, "fast exact sync path") ----------------------
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def if_sync_closed_form(y, v0, hi, theta, D, m, counts, counts64, flagged):
     """Counts from *approximate* membranes ``y + v0`` (``y``: float32 currents, bias included)
     whose error is at most ``m - 2·tol·θ``: n = clip(floor((y + v0)/θ), 0, D), written to ``counts``
@@ -205,7 +209,7 @@ def if_sync_closed_form(y, v0, hi, theta, D, m, counts, counts64, flagged):
     return nf
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def if_sync_closed_form32(y, inv, a, lo_hi, D, m, counts, counts64, flagged):
     """:func:`if_sync_closed_form` in float32 and threshold units: u = y·inv + a (``inv`` ≈ 1/θ,
     ``a`` ≈ v0/θ, all float32), n = clip(floor(u), 0, D); flagged where |u − k| <= ``m`` for the
@@ -243,7 +247,7 @@ def if_sync_closed_form32(y, inv, a, lo_hi, D, m, counts, counts64, flagged):
     return nf
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+@njit(cache=CACHE, nogil=True, fastmath={"reassoc", "contract"})
 def conv2d_exact_at(x, w, idx, nidx, O, Ho, Wo, sh, sw, ph, pw, dh, dw, groups, out):
     """Exact integer conv outputs (no bias) at the flat output indices ``idx[:nidx]`` of an
     [B, O, Ho, Wo] result. ``x``: channels-last [B, H, W, C] (float32 integers); ``w``:
@@ -280,7 +284,7 @@ def conv2d_exact_at(x, w, idx, nidx, O, Ho, Wo, sh, sw, ph, pw, dh, dw, groups, 
         out[t] = acc
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+@njit(cache=CACHE, nogil=True, fastmath={"reassoc", "contract"})
 def conv2d_exact_at_nchw(x, w, idx, nidx, O, Ho, Wo, sh, sw, ph, pw, dh, dw, groups, out):
     """:func:`conv2d_exact_at` reading ``x`` [B, C, H, W] and ``w`` [O, C/groups, KH, KW] directly
     (cheaper than a channels-last copy of ``x`` when few outputs are needed)."""
@@ -328,7 +332,7 @@ def conv2d_exact_at_nchw(x, w, idx, nidx, O, Ho, Wo, sh, sw, ph, pw, dh, dw, gro
         out[t] = (a0 + a1) + (a2 + a3)
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+@njit(cache=CACHE, nogil=True, fastmath={"reassoc", "contract"})
 def linear_exact_at(x, w, idx, nidx, out):
     """Exact ``x @ w.T`` (no bias) at flat indices of an [R, O] result; ``x`` [R, K], ``w`` [O, K]."""
     O, K = w.shape
@@ -342,7 +346,7 @@ def linear_exact_at(x, w, idx, nidx, out):
         out[t] = acc
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def if_sync_refine(cur, idx, nidx, bias, has_bias, O, S, v0, hi, theta, D, half_even, tol, counts, counts64):
     """The flagged neurons of :func:`if_sync_closed_form`, from their exact currents ``cur[:nidx]``:
     v = min(cur + bias[o] + v0, hi), then D timesteps of fire / subtract (as :func:`if_sync_kernel`).
@@ -376,7 +380,7 @@ def if_sync_refine(cur, idx, nidx, bias, has_bias, O, S, v0, hi, theta, D, half_
     return near
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def quantize_input_f32(x, scale, out):
     """out = round_half_even(x·scale) as float32 (the caller guarantees |result| < 2**24, so it is
     exact), the same integers as :func:`neurodeploy.ops.quantize_input` in one pass."""

@@ -57,6 +57,16 @@ def _x_numpy(x):
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
+def check_input(x, quantization: dict | None, input_name: str | None = None) -> None:
+    """Refuse inputs outside the range the program was quantised for (the check the simulator does)."""
+    from ...data import check_input_range
+
+    inp = (quantization or {}).get("input") if isinstance(quantization, dict) else None
+    if isinstance(inp, dict) and inp.get("range") is not None:
+        check_input_range(_x_numpy(x), float(inp["range"]), layer=input_name,
+                          fix="compile with --calibration data that covers these inputs")
+
+
 class LoihiTarget(Target):
     name = "loihi"
 
@@ -128,6 +138,7 @@ class LoihiTarget(Target):
         q = graph if graph.is_quantized else self.quantize(
             graph, x if calibration is None else calibration, **options)
         prog = lower(q, mode=mode)
+        check_input(x, q.metadata.get("quantization"), prog.input_name)
         return simulate_program(prog, quantize_input(prog, x), record=record)
 
     def run_artifact(self, out_dir, x, runtime: str = "lava", record: bool = True) -> LoihiSimResult:
@@ -167,7 +178,6 @@ def sidecar(prog: Program, qgraph: ir.Graph | None = None) -> dict:
 
 
 def load_artifact(out_dir) -> tuple[Program, dict]:
-    import json
     from .netx import read_net
 
     out_dir = Path(out_dir)
@@ -175,21 +185,51 @@ def load_artifact(out_dir) -> tuple[Program, dict]:
     if not net_path.is_file() or not side_path.is_file():
         raise NeurodeployError(f"{out_dir} is not a Loihi artefact (needs {NET_FILE} and {SIDECAR})",
                                fix="create it with `neurodeploy compile ... --target loihi`")
-    side = json.loads(side_path.read_text())
-    if side.get("format") != FORMAT:
-        raise NeurodeployError(f"{side_path}: unknown format {side.get('format')!r}")
-    prog = read_net(net_path)
-    prog.input_name = side["input"]["name"]
+    side = _read_sidecar(side_path)
+    try:
+        prog = read_net(net_path)
+    except (OSError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+        raise NeurodeployError(f"{net_path} is damaged or was not written by neurodeploy: {e}",
+                               fix="re-run `neurodeploy compile ... --target loihi`") from None
+    inp = side["input"]
+    if tuple(inp["shape"]) != tuple(prog.input_shape):
+        raise NeurodeployError(f"{side_path} says the input is {tuple(inp['shape'])}, {net_path} says "
+                               f"{tuple(prog.input_shape)}", fix="re-run `neurodeploy compile ... --target loihi`")
+    prog.input_name = inp["name"]
     prog.output_name = side.get("output", prog.output_name)
-    prog.input_is_spikes = bool(side["input"]["is_spikes"])
-    prog.input_scale = None if prog.input_is_spikes else side["input"]["scale_q"]
+    prog.input_is_spikes = bool(inp["is_spikes"])
+    prog.input_scale = None if prog.input_is_spikes else inp["scale_q"]
     return prog, side
+
+
+def _read_sidecar(side_path: Path) -> dict:
+    import json
+
+    fix = "re-run `neurodeploy compile ... --target loihi`"
+    try:
+        side = json.loads(side_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NeurodeployError(f"{side_path} is not readable JSON: {e}", fix=fix) from None
+    if not isinstance(side, dict) or side.get("format") != FORMAT:
+        found = side.get("format") if isinstance(side, dict) else type(side).__name__
+        raise NeurodeployError(f"{side_path}: unknown format {found!r} (expected {FORMAT!r})", fix=fix)
+    inp = side.get("input")
+    need = {"name": str, "shape": list, "is_spikes": bool}
+    if not isinstance(inp, dict) or any(not isinstance(inp.get(k), t) for k, t in need.items()):
+        raise NeurodeployError(f"{side_path}: the 'input' entry must be an object with name, shape, is_spikes "
+                               "and scale_q", fix=fix)
+    if not inp["is_spikes"] and not (isinstance(inp.get("scale_q"), (int, float))
+                                     and not isinstance(inp.get("scale_q"), bool) and inp["scale_q"] > 0):
+        raise NeurodeployError(f"{side_path}: input scale_q must be a positive number, not {inp.get('scale_q')!r}",
+                               fix=fix)
+    return side
 
 
 def run_artifact(out_dir, x, runtime: str = "lava", record: bool = True) -> LoihiSimResult:
     """Run a Loihi artefact folder on a batch of real inputs ``x`` with ``runtime`` 'lava' (Lava
     fixed_pt CPU simulation) or 'sim' (the bit-accurate simulator)."""
-    prog, _ = load_artifact(out_dir)
+    prog, side = load_artifact(out_dir)
+    check_input(x, side.get("quantization"), prog.input_name)
     xi = quantize_input(prog, _x_numpy(x))
     if runtime == "sim":
         return simulate_program(prog, xi, record=record)

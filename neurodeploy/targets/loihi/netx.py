@@ -133,4 +133,38 @@ def read_net(path: str | Path) -> Program:
                        input_message_bits=int(f.attrs["neurodeploy_input_message_bits"]),
                        layers=layers, output_name="output",
                        mode=str(f.attrs.get("neurodeploy_mode", "spikes")))
+    check_program(prog)
     return prog.schedule()
+
+
+def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def check_program(prog: Program) -> None:
+    """Raise ValueError naming the layer if a weight's shape does not fit the layer shapes around it
+    (what an edited or damaged .net file shows: both runtimes would fail deep inside otherwise)."""
+    for spec in prog.layers:
+        w = spec.weight
+        if spec.kind == "dense":
+            want = (int(np.prod(spec.out_shape)), int(np.prod(spec.in_shape)))
+        elif spec.kind == "conv":
+            if w.ndim != 4 or len(spec.in_shape) != 3 or len(spec.out_shape) != 3:
+                raise ValueError(f"layer '{spec.name}': conv weight {w.shape} or shapes {spec.in_shape} -> "
+                                 f"{spec.out_shape} are not 2-D convolution shapes")
+            c, h, wd = spec.in_shape
+            want = (spec.out_shape[0], c // max(spec.groups, 1)) + tuple(w.shape[2:])
+            hw = tuple(_conv_out(n, k, s, p, d) for n, k, s, p, d in
+                       zip((h, wd), w.shape[2:], spec.stride, spec.padding, spec.dilation))
+            if hw != tuple(spec.out_shape[1:]):
+                raise ValueError(f"layer '{spec.name}': a {w.shape[2:]} kernel on {spec.in_shape} gives "
+                                 f"{hw}, the file says {tuple(spec.out_shape[1:])}")
+        else:
+            raise ValueError(f"layer '{spec.name}': unknown layer type {spec.kind!r}")
+        if tuple(w.shape) != want:
+            raise ValueError(f"layer '{spec.name}': weight shape {tuple(w.shape)}, expected {want} "
+                             f"for {spec.in_shape} -> {spec.out_shape}")
+        if spec.bias is not None and spec.bias.shape != (want[0],):
+            raise ValueError(f"layer '{spec.name}': bias shape {spec.bias.shape}, expected ({want[0]},)")
+        if spec.D < 1 or spec.vth < 0:
+            raise ValueError(f"layer '{spec.name}': D={spec.D}, vThMant={spec.vth} out of range")
