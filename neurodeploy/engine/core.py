@@ -113,7 +113,7 @@ class EventEngine:
 
     def __init__(self, graph: ir.Graph, *, routing: Routing | None = None, rule: str = "multi",
                  order: str = "breadth", saturate: bool = True, max_spikes: int | None = None,
-                 start_tick: bool = True, sparse_conv_masks: dict | None = None):
+                 start_tick: bool = True, sparse_conv_masks: dict | None = None, gates: list | None = None):
         if rule not in RULES:
             raise NeurodeployError(f"unknown firing rule {rule!r}", fix=f"use one of {RULES}")
         if order not in ORDERS:
@@ -284,6 +284,7 @@ class EventEngine:
             raise NeurodeployError(f"spike budget too large for the event buffers ({self.spike_bound} possible "
                                    "spikes)", fix="give a smaller max_spikes (the budget D bounds the event count)")
         self._static = None  # zero-input currents (spiking input): computed once
+        self._set_gates(gates or [])
 
     # -- graph walking ----------------------------------------------------------------------------
     def _upstream(self, name):
@@ -453,9 +454,49 @@ class EventEngine:
             return addr, np.arange(addr.size, dtype=np.int64), None
         return np.zeros(0, np.int64), np.zeros(0, np.int64), arr
 
-    def run(self, x, *, record_events: bool = False, progress: bool = False, static=None) -> EventResult:
-        """Run one sample: an event stream (structured array) or a raster (per-sample shape)."""
-        addr, tstamp, dense = self.prepare(x)
+    def _set_gates(self, gates: list) -> None:
+        """Gate features (Speck's layer barrier): [(IF layer name, weights [channels])]; a gate event
+        at output position p adds weights[f] to neuron (f, p) of every channel f (``run(stream=...)``)."""
+        g_layer, g_woff, g_hw, g_cl, g_stage, gw = [], [0], [], [], [], []
+        for name, w in gates:
+            if name not in self.lid:
+                raise NeurodeployError("a gate must feed an IF layer", layer=name)
+            shape = tuple(self.graph.nodes[name].shape)
+            w = self._as_dtype(np.asarray(w).reshape(-1), f"gate weights of {name}")
+            if w.size != shape[0]:
+                raise NeurodeployError(f"{w.size} gate weights for {shape[0]} channels", layer=name)
+            feeder = self.graph.inputs_of(name)[0]
+            g_layer.append(self.lid[name])
+            g_woff.append(g_woff[-1] + w.size)
+            g_hw.append(int(np.prod(shape[1:])))
+            g_cl.append(int(self.cl[name]))
+            g_stage.append(self.sid.get(feeder, self.st.shape[0]))
+            gw.append(w)
+        self.gate_args = (np.array(g_layer + [0], np.int64), np.array(g_woff, np.int64),
+                          np.array(g_hw + [1], np.int64), np.array(g_cl + [0], np.int64),
+                          np.array(g_stage + [0], np.int64),
+                          np.concatenate(gw).astype(self.dtype) if gw else np.zeros(1, self.dtype))
+
+    @staticmethod
+    def gate_code(gate: int, position) -> np.ndarray:
+        """Stream codes of gate events (``gate``: index in ``gates``; ``position``: flat output position)."""
+        return -1 - (np.int64(gate) * K.GATE_STRIDE + np.asarray(position, np.int64))
+
+    def run(self, x, *, record_events: bool = False, progress: bool = False, static=None,
+            stream=None, offsets: dict | None = None) -> EventResult:
+        """Run one sample: an event stream (structured array) or a raster (per-sample shape).
+
+        ``stream`` (depth order; ``x`` is then ignored): (codes, timestamps), codes >= 0 flat input
+        addresses, < 0 gate events (``gate_code``), processed in this order. ``offsets``:
+        {IF layer: flat C-order array} added to the initial membranes (Speck's held values)."""
+        if stream is not None:
+            if self.order != "depth":
+                raise NeurodeployError("a host stream with gate events runs in depth order")
+            codes = np.asarray(stream[0], np.int64)
+            tstamp = np.asarray(stream[1], np.int64)
+            addr, dense = codes[codes >= 0], None
+        else:
+            addr, tstamp, dense = self.prepare(x)
         if static is None:
             if dense is not None:
                 static = {k: v[0] for k, v in self._static_currents(dense[None]).items()}
@@ -469,6 +510,8 @@ class EventEngine:
         v = np.empty(N, dt)
         for i, n in enumerate(self.layers):
             v0 = self._to_internal(n, self._as_dtype(static[n], f"static current of {n}")) + self.vinit[i]
+            if offsets and n in offsets:
+                v0 = v0 + self._to_internal(n, self._as_dtype(offsets[n], f"initial offset of {n}").reshape(-1))
             v[self.loff[i]:self.loff[i + 1]] = np.clip(v0, self.lo[i], self.hi[i])
         cnt = np.zeros(N, np.int64)
         stamp = np.zeros(max(N, 1), np.int64)
@@ -490,6 +533,9 @@ class EventEngine:
         work = (wst_s, wst_a, wst_v, so, sw)
         n_in = addr.size
         iaddr = self._to_internal_addr(self.input_name, addr)
+        if stream is not None:
+            n_in = codes.size
+            iaddr = np.where(codes >= 0, self._to_internal_addr(self.input_name, np.maximum(codes, 0)), codes)
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -497,7 +543,8 @@ class EventEngine:
         es_cap = self.spike_bound if self.order == "depth" else 2
         es_l, es_a = np.zeros(es_cap, np.int64), np.zeros(es_cap, np.int64)
         args = plan + (self.srcval, self.loff, self.theta, self.lo, self.hi, self.dmax, self.nlayer,
-                       self.soff, v, cnt, stamp, touched, sink, synops, ctr) + work + (es_l, es_a, log_l, log_a, log_t)
+                       self.soff, v, cnt, stamp, touched, sink, synops, ctr) + work + (es_l, es_a, log_l, log_a, log_t) \
+            + self.gate_args
         none = np.zeros(1, np.int64)
         try:
             if self.order == "depth":
@@ -507,7 +554,8 @@ class EventEngine:
                                   *args)
                 for e0 in range(0, n_in, CHUNK):
                     e1 = min(n_in, e0 + CHUNK)
-                    K.process(1, nL, iaddr, tstamp, e0, e1, single, record_events, *args)
+                    K.process(3 if stream is not None else 1, nL, iaddr, tstamp, e0, e1, single, record_events,
+                              *args)
                     if bar is not None:
                         bar.update(e1 - e0)
             else:

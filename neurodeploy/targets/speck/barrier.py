@@ -1,0 +1,327 @@
+"""The in-network layer barrier on Speck: hold every neuron below threshold until its layer's input
+is complete, then release it with host-injected "gate" events.
+
+Notation (one neuron of a layer, all integers of the quantised layer): θ = ``threshold_q``, D the
+spike budget, v0 = ``v_init_q`` + b_q (the initial value without hold), x the total synaptic input of
+the sample, y = x + v0. The layer-barrier model (the ladder's R2) gives n = clip(floor(y/θ), 0, D)
+(one fewer on an exact half-even tie). Speck fires when v >= θ, at most once per input event that
+reaches the neuron, and subtracts θ.
+
+Hold
+----
+The neuron starts at v0 - H. Let P = Σ_j max(w_j, 0)·c_j and N = Σ_j max(-w_j, 0)·c_j, where c_j
+bounds the number of events input j can carry in one sample. Every partial sum s of the input
+(any order, any prefix) satisfies -N <= s <= P. With **H >= P + v0 - θ + 1** the state
+v0 - H + s <= θ - 1 never fires during the input, and with **v0 - H - N >= threshold_low**
+(and >= -32768) the floor never clips it, so when the input is complete v = y - H exactly,
+in every interleaving. (``plan_barrier`` raises, naming the layer, when the 16-bit state cannot hold
+it.) The bound c_j: the input's events per pixel (``input_bound``), times pool² for a pooled
+destination; for a layer source either its budget D (``bounds='budget'``: *assumed*, true when no
+source neuron is over budget) or the most spikes the barrier can make it fire (``bounds='weights'``:
+*guaranteed*, min(release events, floor(y_max/θ)) of the source).
+
+Release (after the layer's input is complete; the next layer is still held)
+----------------------------------------------------------------------------
+Gate features are extra input features of the core whose kernel has one non-zero tap, so that a
+host event at the matching input position of each output position reaches each neuron of that
+position exactly once, adding the gate weight g_f of its output channel f (|g_f| <= 127). The
+release is: k "lift" events of weight a_f (a_f <= 127), then m "unit" events of weight u,
+u <= min(θ, 127), m·u >= Dθ, and H_f = k·a_f + m·u.
+
+**Claim 1** (chunks <= θ are exact, no cap). If from v = y - H < θ a neuron receives events of
+weights e_1..e_r >= 0, each <= θ, summing to H, it fires exactly max(floor(y/θ), 0) times.
+*Proof.* Invariant v < θ before every event: after adding e <= θ, v < 2θ, one spike brings it
+below θ. Spikes only happen at v >= θ, leaving v >= 0, and later events only add, so if the
+neuron fired at all its final value lies in [0, θ). The final value is y - sθ (s spikes), so
+s = floor(y/θ); if it never fired, y < θ and floor(y/θ) <= 0 = s. ∎
+
+**Claim 2** (lift, then units: exact for n <= D). For a neuron with n = floor(y/θ) <= D, i.e.
+y < (D+1)θ, during the lift v rises monotonically to at most y - H + k·a_f = y - m·u <= y - Dθ < θ:
+it never fires during the lift (whatever a_f <= 127, even a_f > θ). It then gets m events each
+<= θ summing to m·u, from v = y - m·u < θ: by Claim 1 it fires max(floor(y/θ), 0) = clip(floor(y/θ),
+0, D) times. Ties: exact ties fire (v >= θ), so half-up and floor rounding are exact; the
+half-even rule (one fewer on an exact odd tie) cannot be made by an input-independent schedule
+and is counted (``tie`` neurons) instead.
+
+**Claim 3** (no cap for large y). Let a gate schedule (increments c_t with |c_t| <= c_max <= 127,
+each event reaching the neuron; the same for every input, since the host does not know y) start
+from a hold H >= Dθ + c_max and be exact for y' = Dθ (D spikes). Then every y'' >= Dθ + max(θ, c_max)
+fires at least D + 1 times. *Proof.* Run both values through the schedule; d = v'' - v' starts at
+d0 = y'' - y' >= max(θ, c_max) and changes only when one of them fires alone: by -θ when y'' does
+(possible only if d > 0), by +θ when y' does (possible only if d < 0, as v' >= θ > v''). Let t be
+the first event at which y' fires; t >= 2, since after one event v' <= Dθ - H + c_max < θ. After
+event t-1, v' >= θ - c_t >= θ - c_max. If y'' has not fired alone before t, d = d0 then and
+v'' = v' + d0 >= θ: y'' fires alone at t-1, a contradiction. So d reaches d0 - θ >= 0 before y'
+first fires; to come back to d0 it would need a lone y' spike at d = d0 - θ >= 0, impossible. So
+d <= d0 - θ at the end, i.e. s'' - s' = (d0 - d)/θ >= 1 and s'' >= D + 1. ∎
+With θ >= c_max (the 8-bit gate is at most 127) this covers every over-budget neuron; with θ < 127
+the neurons with (D+1)θ <= y < Dθ + 127 are not covered by the proof either, and the plan does not
+cap them (the lift releases in chunks as large as possible, so they cross at most once or twice).
+Hence over-budget neurons (n > D) cannot all be capped at D by any input-independent gate
+schedule; the plan minimises their excess (lift chunks as large as 127, the fewest lift events:
+an over-budget neuron fires at most once per lift event after it crosses θ, and never more than
+floor(y/θ) times) and the simulator counts and reports them per layer.
+
+State width: v stays in [v0 - H - N, max(y, θ - 1)] and y <= P + v0 <= H + θ - 1, so the 16-bit
+state needs v0 - H - N >= max(threshold_low, -32768) and H + θ - 1 <= 32767 (checked).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ... import ir
+from ...errors import NeurodeployError
+from .layers import INPUT, SpeckNet, bias_vec, extract, weight4
+
+GATE_MAX = 127  # 8-bit weights: the largest increment one gate event can add
+STATE_MIN, STATE_MAX = -(2 ** 15), 2 ** 15 - 1
+BOUNDS = ("weights", "budget")
+DEFAULT_INPUT_BOUND = 8  # quantize's max_input_events: the calibration peak is coded as 8 events
+
+
+@dataclass
+class GateFeature:
+    """One extra input feature of a core: ``weights[f]`` per output channel, sent ``events`` rounds."""
+
+    name: str  # 'lift' | 'unit'
+    feature: int  # input feature index on the core (C_in, C_in + 1)
+    weights: np.ndarray  # [F] int64, 0 < g <= 127
+    events: int  # rounds (one host event per output position per round)
+
+
+@dataclass
+class LayerBarrier:
+    layer: str
+    neuron: str
+    theta: int
+    budget: int
+    channels_in: int
+    out_shape: tuple  # (F, Ho, Wo)
+    hold: np.ndarray  # [F] H_f
+    positive: np.ndarray  # [F] P_f
+    negative: np.ndarray  # [F] N_f
+    input_bound: np.ndarray  # [C_in] c_j used
+    gates: list  # [GateFeature] in release order
+    tap: tuple  # (ky, kx) of the gate kernels' one non-zero tap
+    gate_positions: np.ndarray  # [Ho*Wo, 2] input (y, x) of each output position's gate event
+    count_bound: int  # most spikes a neuron of this layer can fire under the barrier
+
+    @property
+    def rounds(self) -> int:
+        return sum(g.events for g in self.gates)
+
+    @property
+    def host_events(self) -> int:
+        return self.rounds * int(self.gate_positions.shape[0])
+
+    def schedule(self) -> list:
+        """[(gate feature, weights)] one entry per round, in release order."""
+        return [(g.feature, g.weights) for g in self.gates for _ in range(g.events)]
+
+
+@dataclass
+class BarrierPlan:
+    layers: dict  # layer name -> LayerBarrier, topological order
+    bounds: str
+    input_bound: int
+    notes: list = field(default_factory=list)
+    violations: dict = field(default_factory=dict)  # layer -> headroom ratio (< 1: does not fit)
+
+    def held_initial_values(self, graph: ir.Graph, name: str) -> np.ndarray:
+        """[F, Ho, Wo] neurons_initial_value of layer ``name``: v_init_q + b_q - H_f."""
+        lb = self.layers[name]
+        node, neuron = graph.nodes[name], graph.nodes[lb.neuron]
+        v0 = int(neuron.v_init_q or 0) + bias_vec(node, quantized=True).astype(np.int64) - lb.hold
+        return np.broadcast_to(v0[:, None, None], lb.out_shape).copy()
+
+    def host_events(self) -> int:
+        return sum(lb.host_events for lb in self.layers.values())
+
+    def summary(self) -> list:
+        return [{"layer": n, "theta": lb.theta, "D": lb.budget, "hold_max": int(lb.hold.max()),
+                 "P_max": int(lb.positive.max()), "N_max": int(lb.negative.max()),
+                 "gates": [{"name": g.name, "feature": g.feature, "events": g.events,
+                            "weight_max": int(g.weights.max())} for g in lb.gates],
+                 "host_events": lb.host_events, "count_bound": lb.count_bound}
+                for n, lb in self.layers.items()]
+
+
+def release_gates(hold_min: np.ndarray, theta: int, budget: int, channels_in: int) -> tuple[list, np.ndarray]:
+    """Gate features and the hold H_f >= hold_min_f they release (see Claim 2)."""
+    u = min(theta, GATE_MAX)
+    m = math.ceil(budget * theta / u)
+    lift_min = np.maximum(np.asarray(hold_min, np.int64) - m * u, 0)
+    k = int(math.ceil(int(lift_min.max(initial=0)) / GATE_MAX))
+    gates = []
+    hold = np.full(lift_min.shape, m * u, np.int64)
+    if k > 0:
+        a = np.maximum(-(-lift_min // k), 1)  # ceil, >= 1 so that every gate weight is a real synapse
+        gates.append(GateFeature("lift", channels_in, a.astype(np.int64), k))
+        hold += k * a
+    gates.append(GateFeature("unit", channels_in + len(gates), np.full(lift_min.shape, u, np.int64), m))
+    return gates, hold
+
+
+def _gate_tap(layer) -> tuple[tuple, np.ndarray]:
+    """The one tap (ky, kx) such that output (oy, ox) is reached from input (oy·s - p + ky, ...)
+    inside the input for every output position; and those input positions."""
+    _, H, W = layer.in_shape
+    _, Ho, Wo = layer.out_shape
+    tap = []
+    for n_in, n_out, k, s, p in ((H, Ho, layer.kernel[0], layer.stride[0], layer.padding[0]),
+                                 (W, Wo, layer.kernel[1], layer.stride[1], layer.padding[1])):
+        ok = [t for t in range(k) if all(0 <= o * s - p + t < n_in for o in range(n_out))]
+        if not ok:
+            raise NeurodeployError("no kernel tap reaches every output position from inside the input "
+                                   "(padding too large for a gate feature)", layer=layer.name,
+                                   fix="use padding <= (kernel-1)/2 on this layer")
+        tap.append(ok[0] if p not in ok else p)
+    oy, ox = np.meshgrid(np.arange(Ho), np.arange(Wo), indexing="ij")
+    pos = np.stack([oy.ravel() * layer.stride[0] - layer.padding[0] + tap[0],
+                    ox.ravel() * layer.stride[1] - layer.padding[1] + tap[1]], 1).astype(np.int64)
+    return (int(tap[0]), int(tap[1])), pos
+
+
+def _input_bounds(net: SpeckNet, l, graph: ir.Graph, done: dict, input_bound: int, bounds: str) -> np.ndarray:
+    """c_j per input channel of layer ``l`` (events one input position can carry in a sample)."""
+    c = np.zeros(l.channels_in, np.int64)
+    for src in l.sources:
+        if src == INPUT:
+            pool = next((d.pool for d in net.input_destinations if d.layer == l.name), 1)
+            c += input_bound * pool * pool
+            continue
+        s = net.layers[src]
+        pool = next(d.pool for d in s.destinations if d.layer == l.name)
+        per = graph.nodes[s.neuron].max_spikes if bounds == "budget" else done[src].count_bound
+        c += int(per) * pool * pool
+    return c
+
+
+def plan_barrier(graph: ir.Graph, *, bounds: str = "budget", input_bound: int | None = None,
+                 strict: bool = True) -> BarrierPlan:
+    """The barrier of every layer of a Speck-quantised graph (see the module docstring).
+    ``strict=False``: record layers whose state cannot hold it in ``plan.violations`` (headroom
+    ratio) instead of raising."""
+    if bounds not in BOUNDS:
+        raise NeurodeployError(f"unknown barrier bound {bounds!r}", fix=f"use one of {BOUNDS}")
+    if not graph.is_quantized:
+        raise NeurodeployError("the barrier is planned on the Speck-quantised graph", fix="quantize first")
+    net = extract(graph)
+    inp = graph.nodes[net.input_name]
+    if input_bound is None:
+        input_bound = DEFAULT_INPUT_BOUND
+    plan = BarrierPlan({}, bounds, int(input_bound))
+    if inp.is_spikes:
+        plan.notes.append(f"spiking input: assumed <= {input_bound} events per pixel per sample (input_bound)")
+    for lname, l in net.layers.items():
+        node, neuron = graph.nodes[lname], graph.nodes[l.neuron]
+        theta, D = int(neuron.threshold_q), int(neuron.max_spikes)
+        w = weight4(node, l, quantized=True).astype(np.int64)  # [F, C, kh, kw]
+        cb = _input_bounds(net, l, graph, plan.layers, int(input_bound), bounds)
+        P = (np.clip(w, 0, None) * cb[None, :, None, None]).sum((1, 2, 3))
+        N = (np.clip(-w, 0, None) * cb[None, :, None, None]).sum((1, 2, 3))
+        v0 = int(neuron.v_init_q or 0) + bias_vec(node, quantized=True).astype(np.int64)
+        gates, hold = release_gates(P + v0 - theta + 1, theta, D, l.channels_in)
+        low = max(STATE_MIN, int(neuron.low_threshold_q if neuron.low_threshold_q is not None else STATE_MIN))
+        floor_ = v0 - hold - N
+        if floor_.min() < low or int(hold.max()) + theta - 1 > STATE_MAX:
+            f = int(np.argmin(floor_))
+            if not strict:
+                span = int((hold + N - v0).max())
+                plan.violations[lname] = min(-low / max(span, 1), STATE_MAX / (int(hold.max()) + theta))
+            else:
+                raise NeurodeployError(
+                    f"the 16-bit state cannot hold the barrier: channel {f} needs hold {int(hold[f])} "
+                    f"(positive partial sums up to {int(P[f])}) and reaches {int(floor_[f])} with its negative "
+                    f"partial sums ({int(N[f])}), below threshold_low {low}", layer=lname,
+                    fix="lower this layer's scale (quantize_for_barrier does) or bound the input events "
+                        "(input_bound); bounds='budget' assumes each source fires at most D spikes")
+        tap, pos = _gate_tap(l)
+        ymax = int((P + v0).max())
+        rounds = sum(g.events for g in gates)
+        count_bound = max(0, min(rounds, ymax // theta))
+        plan.layers[lname] = LayerBarrier(lname, l.neuron, theta, D, l.channels_in, tuple(l.out_shape), hold, P, N,
+                                          cb, gates, tap, pos, count_bound)
+    return plan
+
+
+def quantize_for_barrier(graph: ir.Graph, calibration=None, *, bounds: str = "budget",
+                         input_bound: int | None = None, **qopts) -> tuple:
+    """Speck quantisation whose layers the barrier fits into the 16-bit state: the quantiser's scales,
+    shrunk for each layer whose hold + negative partial sums exceed the state (reported in
+    ``metadata['quantization']['barrier_scales']``). Returns (quantised graph, plan)."""
+    import warnings
+
+    from .quantize import SpeckQuantizationWarning, quantize
+    qg = quantize(graph, calibration, **qopts)
+    shrunk = {}
+    for _ in range(40):
+        plan = plan_barrier(qg, bounds=bounds, input_bound=input_bound, strict=False)
+        if not plan.violations:
+            qg.metadata["quantization"]["barrier_scales"] = shrunk
+            plan.notes += [f"layer '{l}': scale x{f:.3f} so that the 16-bit state holds the barrier"
+                           for l, f in shrunk.items()]
+            return qg, plan
+        scales = {l: r["scale"] for l, r in qg.metadata["quantization"]["layers"].items()}
+        for l, ratio in plan.violations.items():
+            f = min(ratio, 1.0) * 0.98
+            scales[l] *= f
+            shrunk[l] = shrunk.get(l, 1.0) * f
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SpeckQuantizationWarning)
+            qg = quantize(graph, calibration, **{**qopts, "scales": scales})
+    plan_barrier(qg, bounds=bounds, input_bound=input_bound)  # raises, naming the layer
+    raise NeurodeployError("the barrier does not fit after shrinking the scales")
+
+
+def brute_force_release(y: int, hold: int, schedule, theta: int, *, low: int = STATE_MIN,
+                        partial_order=None) -> int:
+    """Reference per-neuron integer model of one neuron through hold and release (used by tests):
+    starts at -hold + the partial sums in ``partial_order`` (a list of increments summing to y,
+    one firing check per increment), then the release ``schedule`` (list of gate increments)."""
+    v, s = -hold, 0
+    for inc in list(partial_order if partial_order is not None else [y]) + list(schedule):
+        v = min(max(v + int(inc), low), STATE_MAX)
+        if v >= theta:
+            v -= theta
+            s += 1
+    return s
+
+
+def check_against_own_input(graph: ir.Graph, x, counts: dict) -> dict:
+    """Per IF layer of a quantised graph, the simulated ``counts`` ({neuron: [B, ...]}) against the
+    barrier's guarantee computed from the layer's *actual* input (its sources' simulated counts):
+    y = x + v0, n = floor(y/θ). Returns {neuron: {'neurons', 'in_budget_wrong' (n <= D but count !=
+    clip(n, 0, D)), 'over_budget' (n > D), 'excess' (spikes above D), 'over_budget_outside' (count
+    outside [D+1, n]), 'ties' (half-even exact ties, which the chip rounds up)}}."""
+    import torch
+
+    from ... import ops
+    vals, out = {}, {}
+    with torch.no_grad():
+        for name in graph.topo_order():
+            node = graph.nodes[name]
+            ins = [vals[i] for i in graph.inputs_of(name)]
+            if isinstance(node, ir.Input):
+                vals[name] = ops.quantize_input(node, ops.as_tensor(x), True)
+            elif isinstance(node, ir.IFNeuron):
+                y = ins[0].to(torch.int64) + int(node.v_init_q or 0)
+                th, D = int(node.threshold_q), int(node.max_spikes)
+                n = torch.div(y, th, rounding_mode="floor")
+                c = torch.as_tensor(counts[name]).to(torch.int64)
+                inb = n <= D
+                tie = inb & (node.rounding == "half_even") & (y - n * th == 0) & (n % 2 == 1)
+                want = n.clamp(0, D)
+                over = ~inb
+                out[name] = {"neurons": int(c.numel()), "in_budget_wrong": int(((c != want) & inb & ~tie).sum()),
+                             "over_budget": int(over.sum()), "excess": int((c - D).clamp(min=0).sum()),
+                             "over_budget_outside": int((over & ((c <= D) | (c > n))).sum()),
+                             "ties": int(tie.sum())}
+                vals[name] = c.to(ops.DTYPE)
+            else:
+                vals[name] = ops.linear_op(node, ins, True)
+    return out

@@ -1,0 +1,107 @@
+"""Speck's in-network layer barrier: hold/release arithmetic against a brute-force per-neuron model,
+the simulator on the shared event engine against the layer-barrier rung (R2), the artefact."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from neurodeploy import ir
+from neurodeploy.errors import NeurodeployError
+from neurodeploy.simulator.random_graphs import random_conv_graph, random_input
+from neurodeploy.targets.speck.barrier import (GATE_MAX, brute_force_release, check_against_own_input,
+                                               plan_barrier, quantize_for_barrier, release_gates)
+from neurodeploy.targets.speck.quantize import SpeckQuantizationWarning
+from neurodeploy.targets.speck.simulate import simulate_barrier, simulate_events
+
+
+def _schedule(gates):
+    return [int(g.weights[0]) for g in gates for _ in range(g.events)]
+
+
+@pytest.mark.parametrize("theta", [3, 7, 60, 127, 130, 300])
+@pytest.mark.parametrize("D", [1, 4])
+def test_release_counts_every_in_budget_neuron_exactly(theta, D):
+    rng = np.random.default_rng(theta * 10 + D)
+    P = int(rng.integers(theta, 40 * theta))  # largest positive partial sum the weights allow
+    gates, hold = release_gates(np.array([P - theta + 1]), theta, D, channels_in=3)
+    H = int(hold[0])
+    sched = _schedule(gates)
+    assert all(0 < c <= GATE_MAX for c in sched) and sum(sched) == H and H >= P - theta + 1
+    for y in range(-2 * theta, min(P, (D + 3) * theta) + 1):
+        for _ in range(3):  # random orders of the input: increments whose partial sums stay <= P
+            parts = _random_parts(rng, y, P)
+            s = brute_force_release(y, H, sched, theta, partial_order=parts)
+            n = y // theta
+            if n <= D:
+                assert s == max(n, 0), (y, parts)
+            else:  # over budget: never capped below D+1 and never more than floor(y/θ)
+                assert D + 1 <= s <= n
+                if y >= D * theta + max(theta, GATE_MAX):  # Claim 3: no schedule can cap these
+                    assert s >= D + 1
+
+
+def _random_parts(rng, y, P):
+    """Increments summing to y, every prefix <= P (the hold's assumption)."""
+    k = int(rng.integers(1, 6))
+    parts = list(rng.integers(-P // 2, P // 2, k)) + [0]
+    parts[-1] = y - sum(parts[:-1])
+    for i in range(len(parts)):
+        if sum(parts[:i + 1]) > P:
+            return [y]
+    return parts
+
+
+def test_claim3_no_schedule_caps_large_over_budget_neurons():
+    theta, D, H = 50, 2, 2000
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # random schedules (|c| <= 127) that are exact for y' = Dθ
+        sched = list(rng.integers(-40, GATE_MAX + 1, 60))
+        if brute_force_release(D * theta, H, sched, theta) != D:
+            continue
+        for y in range(D * theta + GATE_MAX, D * theta + GATE_MAX + 3 * theta):
+            assert brute_force_release(y, H, sched, theta) >= D + 1
+
+
+def _speck_graph(seed):
+    g = random_conv_graph(seed, channels=3, size=6, residual=False, depthwise=False, D=4)
+    for n in g.neurons():
+        g.nodes[n].rounding = "half_up"
+    return g
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_barrier_simulation_matches_layer_barrier_on_random_graphs(seed):
+    g = _speck_graph(seed)
+    x = np.abs(random_input(g, 6, seed=seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpeckQuantizationWarning)
+        qg, plan = quantize_for_barrier(g, x)
+    r2 = simulate_events(qg, x, rule="multi", order="breadth", saturate=False, budget=True)
+    for interleaving in (None, 1, 2):
+        r = simulate_barrier(qg, x, plan=plan, seed=interleaving)
+        own = check_against_own_input(qg, x, r.counts)
+        upstream_exact = True
+        for n in qg.neurons():
+            assert own[n]["in_budget_wrong"] == 0 and own[n]["over_budget_outside"] == 0
+            if upstream_exact and own[n]["over_budget"] == 0:  # same input as R2: same counts
+                assert np.array_equal(r.counts[n].numpy(), r2.counts[n].numpy()), n
+            upstream_exact = upstream_exact and own[n]["over_budget"] == 0
+
+
+def test_hold_that_does_not_fit_names_the_layer():
+    g = ir.Graph()
+    g.add("x", ir.Input(input_shape=(64,), is_spikes=True))
+    w = np.concatenate([np.full((1, 32), 1.0), np.full((1, 32), -1.0)], 1)
+    g.add("fc", ir.Linear(weight=w, bias=None), "x")
+    g.add("n", ir.IFNeuron(threshold=0.1, v_init=0.05, max_spikes=4), "fc")
+    g.add("out", ir.Output(), "n")
+    ir.infer_shapes(g)
+    from neurodeploy.targets.speck.quantize import quantize
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpeckQuantizationWarning)
+        qg = quantize(g)
+    with pytest.raises(NeurodeployError, match="layer 'fc'.*16-bit state cannot hold"):
+        plan_barrier(qg, input_bound=16)
+    qg2, plan = quantize_for_barrier(g, input_bound=16)  # shrinks the scale until it fits
+    assert plan.layers["fc"].hold.max() > 0 and qg2.metadata["quantization"]["barrier_scales"]["fc"] < 1
