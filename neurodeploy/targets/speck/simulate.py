@@ -105,6 +105,47 @@ def _run_shared(graph: ir.Graph, x, settings: dict) -> SpeckSimResult:
                           timesteps=int(raster.max(initial=0)), saturations=int(sum(r.saturations for r in res)))
 
 
+def simulate_barrier(graph: ir.Graph, x, *, artefact: dict | None = None, seed: int | None = None,
+                     saturate: bool = True, **plan_options) -> SpeckSimResult:
+    """The chip running the layer-barrier artefact (``host.barrier_artefact``): per sample the
+    stream of ``host.sample_event_stream`` (input events, then each layer's gate events; held
+    initial values from the artefact's ``neurons_initial_value``), rule 'single', depth first, no
+    budget, saturating. ``seed``: another interleaving of the input and of each release round."""
+    from ...engine import EventEngine
+    from .host import barrier_artefact, sample_event_stream, stream_to_engine
+    from .layers import bias_vec
+    art = artefact or barrier_artefact(graph, **plan_options)
+    plan, conf = art["plan"], art["config"]
+    g = speck_engine_graph(graph)
+    gates, gate_ids, offsets = [], {}, {}
+    for lname, lb in plan.layers.items():
+        core = int(conf["layer_to_core"][lname])
+        for gf in lb.gates:
+            gate_ids[(core, gf.feature)] = (len(gates), lb)
+            gates.append((lb.neuron, gf.weights))
+        held = np.asarray(conf["cores"][str(core)]["neurons_initial_value"], np.int64).transpose(0, 2, 1)
+        v0 = int(graph.nodes[lb.neuron].v_init_q or 0) + bias_vec(graph.nodes[lname], quantized=True)
+        offsets[lb.neuron] = (held - np.asarray(v0, np.int64)[:, None, None]).reshape(-1)
+    raster = input_counts(graph, x)
+    streams = [stream_to_engine(sample_event_stream(art, raster[b], seed=None if seed is None else seed + b),
+                                art, graph, gate_ids) for b in range(raster.shape[0])]
+    bound = max(64, 2 * max(lb.rounds for lb in plan.layers.values()))
+    eng = EventEngine(g, rule="single", order="depth", saturate=saturate, max_spikes=bound, start_tick=False,
+                      gates=gates)
+    res = [eng.run(None, stream=s, offsets=offsets) for s in streams]
+    from ...engine import stack_counts
+    c = stack_counts(res)
+    counts = {n: torch.as_tensor(c[n]).to(torch.int64) for n in g.neurons()}
+    spikes = {n: v.reshape(v.shape[0], -1).sum(1).numpy() for n, v in counts.items()}
+    net = extract(graph)
+    synops = {l: np.array([r.synops.get(l, 0) for r in res], dtype=np.int64) for l in net.layers}
+    nin = np.array([int((s[0] >= 0).sum()) for s in streams], dtype=np.int64)
+    settings = dict(rule="single", order="depth", saturate=saturate, budget=False, barrier=True, seed=seed,
+                    host_events=int(plan.host_events()))
+    return SpeckSimResult(counts, synops, nin, spikes, settings, "neurodeploy.engine", schedule="barrier",
+                          timesteps=int(raster.max(initial=0)), saturations=int(sum(r.saturations for r in res)))
+
+
 # -- time-binned multi-spike mode (sinabs) --------------------------------------------------------
 
 @dataclass
