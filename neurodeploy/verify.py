@@ -15,11 +15,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
 from . import ir
 from .errors import NeurodeployError, VerificationError
+from .precision import mismatch_text
 
 
 @dataclass
@@ -35,10 +37,11 @@ class LayerReport:
     near_ties: int | None = None
     spikes_reference: int = 0
     spikes_simulated: int = 0
+    mismatches: int = 0
 
     @property
     def exact(self) -> bool:
-        return self.exact_fraction == 1.0
+        return self.mismatches == 0 and self.exact_fraction == 1.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -85,6 +88,10 @@ class VerifyReport:
     # schedules whose counts must equal the model's exactly (others are reported, not judged)
     required_exact: tuple = ("sync",)
     checks: list[ExtraCheck] = field(default_factory=list)
+    # sim target: the program vs the integer reference (must be exact) and the integer reference vs
+    # the model's float forward (every mismatch explained by precision), see neurodeploy.precision
+    exactness: Any = None
+    precision: Any = None
 
     def __getitem__(self, schedule: str) -> ScheduleReport:
         return self.schedules[schedule]
@@ -103,6 +110,8 @@ class VerifyReport:
         if schedule is None:
             names = [s for s in self.schedules if s in self.required_exact]
             checks_ok = all(c.ok for c in self.checks if c.required)
+            checks_ok = checks_ok and (self.exactness is None or self.exactness.ok)
+            checks_ok = checks_ok and (self.precision is None or self.precision.ok)
             return checks_ok and all(self.ok(s, min_agreement=min_agreement) for s in names)
         s = self.schedules[schedule]
         agree = (s.end_task or {}).get("agreement")
@@ -115,6 +124,18 @@ class VerifyReport:
         return True
 
     def raise_if_failed(self) -> None:
+        if self.exactness is not None and not self.exactness.ok:
+            bad_ex = [lr for lr in self.exactness.layers if lr.mismatches]
+            raise VerificationError(
+                f"the compiled program differs from the integer reference in {len(bad_ex)} layer(s)",
+                layer=bad_ex[0].layer, fix="this is a conversion bug: please report it with the verify table")
+        if self.precision is not None and not self.precision.ok:
+            bad_p = [lr for lr in self.precision.layers if lr.unexplained]
+            raise VerificationError(
+                f"{self.precision.total('unexplained')} mismatch(es) with the model that precision does not "
+                f"explain, in {len(bad_p)} layer(s)", layer=bad_p[0].layer,
+                fix="the model's value is further from a rounding boundary than the quantisation error bound: "
+                    "a conversion bug; see the precision table")
         if not self.ok():
             bad = [lr for lr in self.layers if not lr.exact]
             lr = bad[0] if bad else None
@@ -124,14 +145,15 @@ class VerifyReport:
                 fix="see the verify table; near-ties explain single flips, anything else is a conversion bug")
 
     def format_table(self) -> str:
-        lines = []
+        lines = [part.table() for part in (self.exactness, self.precision) if part is not None]
         for s in self.schedules.values():
             status = "exact" if s.exact else "DIFFERS"
             if s.schedule not in self.required_exact and not s.exact:
                 status = "deviates (reported, not required to be exact: " + _WHY_NOT_EXACT.get(
                     (self.target, s.schedule), "see README") + ")"
             lines.append(f"schedule {s.schedule}: {s.timesteps} timesteps, {self.n_samples} samples — {status}")
-            hdr = f"  {'layer':<24} {'shape':<16} {'exact %':>9} {'max|Δ|':>7} {'mean|Δ|':>9} {'ties':>6}  first mismatch"
+            hdr = (f"  {'layer':<24} {'shape':<16} {'differ / values':>22} {'max|Δ|':>7} {'mean|Δ|':>9} {'ties':>6}"
+                   "  first mismatch")
             lines.append(hdr)
             for lr in s.layers:
                 fm = ""
@@ -139,7 +161,7 @@ class VerifyReport:
                     m = lr.first_mismatch
                     fm = f"sample {m['sample']} idx {tuple(m['index'])}: expected {m['expected']}, got {m['got']}"
                 ties = "-" if lr.near_ties is None else str(lr.near_ties)
-                lines.append(f"  {lr.layer[:24]:<24} {str(tuple(lr.shape))[:16]:<16} {100 * lr.exact_fraction:>8.3f}% "
+                lines.append(f"  {lr.layer[:24]:<24} {str(tuple(lr.shape))[:16]:<16} {mismatch_text(lr.mismatches, lr.n_values):>22} "
                              f"{lr.max_abs_diff:>7d} {lr.mean_abs_diff:>9.4f} {ties:>6}  {fm}")
             if s.end_task:
                 e = s.end_task
@@ -158,11 +180,14 @@ class VerifyReport:
         return {"ok": self.ok(), "target": self.target, "required_exact": list(self.required_exact),
                 "n_samples": self.n_samples, "missing_layers": list(self.missing_layers),
                 "schedules": {k: v.to_dict() for k, v in self.schedules.items()},
-                "checks": [c.to_dict() for c in self.checks]}
+                "checks": [c.to_dict() for c in self.checks],
+                "exactness": None if self.exactness is None else self.exactness.to_dict(),
+                "precision": None if self.precision is None else self.precision.to_dict()}
 
 
 _WHY_NOT_EXACT = {
     ("sim", "streaming"): "layers fire before all their input has arrived",
+    ("sim", "sync"): "fixed-point precision; judged by the conversion exactness and precision checks above",
     ("speck", "sync"): "8-bit weights, 16-bit state and rate-coded input",
     ("speck", "speck"): "8-bit weights, one spike per neuron per event, no spike budget, depth-first order",
     ("loihi", "sync"): "8-bit weight mantissas and the input quantised to 8 bits",
@@ -199,7 +224,7 @@ def compare_layer(layer: str, expected, got, *, source: str = "", near_ties: int
         first = {"sample": int(idx[0]), "index": [int(i) for i in idx[1:]],
                  "expected": float(e[idx]) if e[idx] != int(e[idx]) else int(e[idx]), "got": int(g[idx])}
     return LayerReport(layer=layer, source=source, shape=tuple(e.shape[1:]), n_values=n,
-                       exact_fraction=float(1.0 - mism.mean()) if n else 1.0,
+                       exact_fraction=float(1.0 - mism.mean()) if n else 1.0, mismatches=int(mism.sum()),
                        max_abs_diff=int(np.ceil(diff.max())) if n else 0,
                        mean_abs_diff=float(diff.mean()) if n else 0.0, first_mismatch=first,
                        near_ties=near_ties, spikes_reference=int(np.rint(e.sum())), spikes_simulated=int(g.sum()))

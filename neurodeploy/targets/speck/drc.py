@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ... import ir
 from ...errors import DesignRuleError
 from . import mapping as mp
@@ -49,7 +51,8 @@ class DRCReport:
             raise DesignRuleError([str(v) for v in self.violations], "speck")
 
 
-def run_drc(graph: ir.Graph, core_map: dict | None = None) -> DRCReport:
+def run_drc(graph: ir.Graph, core_map: dict | None = None, inputs=None) -> DRCReport:
+    """``inputs``: the data (or calibration) inputs, when known: negative values are a violation."""
     ir.infer_shapes(graph)
     net = extract(graph)
     V = list(net.violations)
@@ -64,7 +67,13 @@ def run_drc(graph: ir.Graph, core_map: dict | None = None) -> DRCReport:
         if h > MAX_INPUT_HW or w > MAX_INPUT_HW:
             V.append(Violation(net.input_name, "input size", f"<= {MAX_INPUT_HW}x{MAX_INPUT_HW} (DVS array)",
                                f"{h}x{w}", "downsample the input (crop or pool on the host)"))
-        if not inp.is_spikes:
+        if not inp.is_spikes and (neg := _negative_input(inputs)) is not None:
+            V.append(Violation(net.input_name, "input values", ">= 0 (an input event carries a count)",
+                               f"real-valued with negative values (min {neg:g})",
+                               "feed non-negative inputs (e.g. pixels before normalisation, with the "
+                               "normalisation folded into the first layer), or compute the first layer "
+                               "on the host and deploy from its activation (--until)"))
+        elif not inp.is_spikes:
             W.append(f"input '{net.input_name}' is real-valued (is_spikes=False): Speck takes events, so the "
                      f"input is rate coded as round(x*scale_q) events per pixel (scale_q chosen by quantize); "
                      f"negative values cannot be sent")
@@ -125,9 +134,18 @@ def run_drc(graph: ir.Graph, core_map: dict | None = None) -> DRCReport:
     return DRCReport(net, V, W, l2c)
 
 
-def check(graph: ir.Graph, core_map: dict | None = None) -> list[str]:
+def _negative_input(inputs) -> float | None:
+    """The minimum of ``inputs`` if it is negative, else None (also without inputs)."""
+    if inputs is None:
+        return None
+    x = np.asarray(inputs.detach().cpu().numpy() if hasattr(inputs, "detach") else inputs, dtype=np.float64)
+    low = float(x.min()) if x.size else 0.0
+    return low if low < 0 else None
+
+
+def check(graph: ir.Graph, core_map: dict | None = None, inputs=None) -> list[str]:
     """Every violation as one message (layer, rule, actual value, Speck's limit, fix)."""
-    return [str(v) for v in run_drc(graph.copy(), core_map).violations]
+    return [str(v) for v in run_drc(graph.copy(), core_map, inputs).violations]
 
 
 __all__ = ["run_drc", "check", "DRCReport", "INPUT"]

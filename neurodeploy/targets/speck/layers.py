@@ -305,7 +305,7 @@ def extract(graph: ir.Graph) -> SpeckNet:
                     s = graph.inputs_of(s)[0]
                 if not isinstance(nodes[s], (ir.IFNeuron, ir.Input, ir.Add)):
                     V.append(Violation(name, "sum of tensors", "merge of spike tensors (events) only",
-                                       f"adds the output of '{s}' ({nodes[s].kind})",
+                                       f"'{s}' ({nodes[s].kind}), a pre-activation current",
                                        "Speck cores cannot add pre-activation currents: give each branch its "
                                        "own IF neuron and merge the spikes, or fold the branches into one conv"))
         if isinstance(node, ir.Flatten):

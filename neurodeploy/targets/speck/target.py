@@ -22,8 +22,8 @@ from . import simulate as sim
 class SpeckTarget(Target):
     name = "speck"
 
-    def check(self, graph: ir.Graph, core_map: dict | None = None) -> list[str]:
-        return drc.check(graph, core_map)
+    def check(self, graph: ir.Graph, core_map: dict | None = None, inputs=None) -> list[str]:
+        return drc.check(graph, core_map, inputs)
 
     def warnings(self, graph: ir.Graph) -> list[str]:
         """Non-fatal remarks of the design-rule check (e.g. real-valued input is rate coded)."""

@@ -1,0 +1,153 @@
+"""verify's two numbers: conversion exactness (program vs integer reference of the same quantised
+parameters, must be 0) and precision (integer reference vs the model's float forward: every
+mismatch explained by a rounding boundary within the error bound, or propagated, or unexplained)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from neurodeploy import ops
+from neurodeploy.passes import canonicalize, quantize_fixed_point
+from neurodeploy.precision import (exactness, integer_reference, mismatch_text, precision,
+                                   teacher_forced_currents)
+from neurodeploy.simulator import simulate
+from neurodeploy.simulator.random_graphs import random_conv_graph, random_input
+from neurodeploy.verify import VerifyReport, build_report
+
+
+def _float_counts(g, x):
+    """The 'model': the float graph evaluated in float64 (independent of every quantised value)."""
+    return {n: v.numpy().astype(np.int64) for n, v in ops.evaluate(g, x, quantized=False).items() if n in g.neurons()}
+
+
+@pytest.fixture(scope="module")
+def coarse():
+    """A random conv graph quantised with only 5 input fractional bits: many boundary flips."""
+    g = canonicalize(random_conv_graph(3))
+    x = random_input(g, 24, 3)
+    model = _float_counts(g, x)
+    q = quantize_fixed_point(g, calibration=x, input_frac_bits=5)
+    return g, x, model, q, integer_reference(q, x)
+
+
+def test_integer_reference_equals_program_and_counts_are_shown(coarse):
+    g, x, model, q, full = coarse
+    ex = exactness(full, simulate(q, x).counts, q)
+    assert ex.ok and ex.mismatches == 0 and ex.n_values == sum(v.size for v in full.values())
+    bad = {k: v.copy() for k, v in simulate(q, x).counts.items()}
+    name = q.neurons()[1]
+    bad[name][2, 0, 1, 1] += 1
+    ex_bad = exactness(full, bad, q)
+    assert not ex_bad.ok and ex_bad.mismatches == 1
+    layer = next(lr for lr in ex_bad.layers if lr.layer == name)
+    assert layer.first_mismatch["sample"] == 2 and layer.first_mismatch["index"] == [0, 1, 1]
+    table = ex_bad.table()
+    assert f"1 / {full[name].size:,}" in table and "%" not in table and "conversion bug" in table
+
+
+def test_bound_is_rigorous_and_flips_lie_within_it(coarse):
+    g, x, model, q, full = coarse
+    frac = q.metadata["quantization"]["frac_bits"]
+    checked = 0
+    for name, node, cur in teacher_forced_currents(q, x, model):
+        f = frac[q.inputs_of(name)[0]]
+        actual = (cur.q * 2.0 ** -f - cur.real).abs()
+        err = 0.0 if cur.err is None else cur.err
+        assert bool((actual <= err).all()), name  # the bound holds for every value
+        checked += int(actual.numel())
+    assert checked == sum(v.size for v in model.values())
+    rep = precision(q, x, model, full)
+    assert rep.total("at_boundary") > 0 and rep.total("unexplained") == 0 and rep.ok
+    assert rep.total("mismatches") == sum(int((full[n] != model[n]).sum()) for n in model)
+    for lr in rep.layers:
+        if lr.example:
+            assert lr.example["explained"] and lr.example["distance"] <= lr.example["bound"]
+    # the first neuron layer reads only the input: none of its flips can be propagated
+    assert rep.layers[0].propagated == 0
+    json.dumps(rep.to_dict())
+
+
+def test_fine_precision_has_no_mismatch(coarse):
+    g, x, model, _, _ = coarse
+    q = quantize_fixed_point(g, calibration=x)
+    rep = precision(q, x, model, integer_reference(q, x))
+    assert rep.total("mismatches") == 0 and rep.ok
+    assert rep.layers[0].max_bound < 1e-4
+
+
+def test_wrong_integer_weight_is_unexplained(coarse):
+    """A conversion bug (an integer weight off by 1/4 of its scale) is not a precision effect."""
+    g, x, model, _, _ = coarse
+    q = quantize_fixed_point(g, calibration=x)
+    conv = q.nodes[q.of_type(*__import__("neurodeploy.ir", fromlist=["x"]).WEIGHT_NODES)[0]]
+    frac = q.metadata["quantization"]["frac_bits"]
+    conv.weight_q = conv.weight_q.copy()
+    conv.weight_q[0] += 2 ** (frac[q.topo_order()[1]] - frac[q.input_names()[0]] - 2)
+    full = integer_reference(q, x)
+    sim = simulate(q, x)
+    assert exactness(full, sim.counts, q).ok  # program and reference agree with each other ...
+    rep = precision(q, x, model, full)
+    assert rep.total("unexplained") > 0 and not rep.ok  # ... but not with the model
+    report = build_report(model, sim, q)
+    report.exactness, report.precision, report.required_exact = exactness(full, sim.counts, q), rep, ()
+    assert not report.ok()
+    assert "UNEXPLAINED" in report.format_table()
+    assert report.to_dict()["precision"]["unexplained"] == rep.total("unexplained")
+
+
+def test_report_ok_needs_exactness_and_explained_precision(coarse):
+    g, x, model, q, full = coarse
+    sim = simulate(q, x)
+    report = build_report(model, sim, q)
+    assert not report.ok()  # old semantics: sync must equal the model exactly
+    report.exactness, report.precision = exactness(full, sim.counts, q), precision(q, x, model, full)
+    report.required_exact = ()
+    assert report.ok()  # new: the program is exact and every flip is explained
+    table = report.format_table()
+    assert "conversion exactness" in table and "precision" in table and "100.000%" not in table
+    lr = next(lr for lr in report.layers if lr.mismatches)
+    assert mismatch_text(lr.mismatches, lr.n_values) in table
+
+
+def test_mismatch_text_never_rounds():
+    assert mismatch_text(1, 602112) == "1 / 602,112"
+    assert mismatch_text(0, 5) == "0 / 5"
+    assert VerifyReport().ok()
+
+
+# -- smaller defects (issue 9, part 4) ----------------------------------------------------------------
+
+def _speck_net(is_spikes=False, pre_activation_add=False):
+    from neurodeploy import ir
+
+    rng = np.random.default_rng(0)
+    g = ir.Graph()
+    g.add("input", ir.Input(input_shape=(2, 8, 8), is_spikes=is_spikes))
+    g.add("conv", ir.Conv2d(weight=rng.normal(0, 0.3, (4, 2, 3, 3)), padding=1, source="stem"), "input")
+    prev = "conv"
+    if pre_activation_add:
+        g.add("conv2", ir.Conv2d(weight=rng.normal(0, 0.3, (4, 2, 3, 3)), padding=1), "input")
+        g.add("add", ir.Add(), ["conv", "conv2"])
+        prev = "add"
+    g.add("if", ir.IFNeuron(), prev)
+    g.add("output", ir.Output(), "if")
+    ir.infer_shapes(g)
+    return g
+
+
+def test_speck_check_lists_negative_input_with_the_other_violations():
+    from neurodeploy.targets import get_target
+
+    speck = get_target("speck")
+    g = _speck_net(pre_activation_add=True)
+    x = np.random.default_rng(1).normal(size=(3, 2, 8, 8))
+    without = speck.check(g)
+    with_data = speck.check(g, inputs=x)
+    assert len(with_data) == len(without) + 1
+    neg = [v for v in with_data if "input values" in v]
+    assert len(neg) == 1 and f"min {x.min():g}" in neg[0] and "fix:" in neg[0]
+    assert speck.check(g, inputs=np.abs(x)) == without  # non-negative real input: rate coded (a warning)
+    assert speck.check(_speck_net(is_spikes=True), inputs=x) == []  # spike input: not rate coded
+    add = [v for v in without if "add" in v]
+    assert add and all("is adds" not in v for v in without) and "(Conv2d), a pre-activation current" in add[0]
