@@ -48,8 +48,11 @@ class Prepared:
 
 def prepare(model: str | Path, *, arch: str | None = None, arch_kwargs: dict | None = None,
             trust: bool = False, input_shape: tuple | None = None, until: str | None = None,
-            spike: dict | None = None) -> Prepared:
-    """Load ``model`` safely and convert it to a canonical IR graph."""
+            spike: dict | None = None, override_activation: bool = False) -> Prepared:
+    """Load ``model`` safely and convert it to a canonical IR graph.
+
+    ``spike`` settings that contradict what the model's code states (D, rounding, norm) are refused
+    unless ``override_activation``; an override is then warned about and kept in ``options``."""
     from .converters import to_graph
     from .converters.load import load_model
     from .passes import canonicalize
@@ -57,10 +60,12 @@ def prepare(model: str | Path, *, arch: str | None = None, arch_kwargs: dict | N
     loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
     if until is None and loaded.extras:
         until = loaded.extras.get("until")
-    graph = to_graph(loaded, input_shape, until=until, spike=spike)
+    graph = to_graph(loaded, input_shape, until=until, spike=spike, override_activation=override_activation)
     options = {"arch": arch, "arch_kwargs": arch_kwargs or {}, "trust": trust,
                "input_shape": list(graph.nodes[graph.input_names()[0]].input_shape),
-               "until": until, "spike": spike or {}}
+               "until": until, "spike": spike or {}, "override_activation": bool(override_activation)}
+    if graph.metadata.get("activation_overrides"):
+        options["activation_overrides"] = graph.metadata["activation_overrides"]
     return Prepared(loaded, graph, canonicalize(graph), options)
 
 

@@ -44,6 +44,9 @@ import numpy as np
 from .errors import NeurodeployError
 
 ROUNDING_RULES = ("half_up", "half_even", "floor")
+# Largest spike budget D: a layer takes D timesteps (simulation work grows with D) and D-bit spike
+# counts; SFA models use D = 4..16. 2^15 keeps counts in int16 and a simulation finite.
+MAX_SPIKE_BUDGET = 2 ** 15
 
 
 def _pair(v) -> tuple[int, int]:
@@ -200,8 +203,11 @@ class IFNeuron(Node):
                 f"unknown rounding rule {self.rounding!r}", layer=self.source or None,
                 fix=f"use one of {', '.join(ROUNDING_RULES)}",
             )
-        if self.max_spikes < 1:
-            raise NeurodeployError(f"spike budget D={self.max_spikes} must be >= 1", layer=self.source or None)
+        if not 1 <= self.max_spikes <= MAX_SPIKE_BUDGET:
+            raise NeurodeployError(f"spike budget D={self.max_spikes} is outside 1..{MAX_SPIKE_BUDGET}",
+                                   layer=self.source or None,
+                                   fix="D is the activation's clamp maximum (SFA uses 4..16); each layer "
+                                       "takes D timesteps")
 
 
 @dataclass(eq=False)

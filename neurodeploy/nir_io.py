@@ -628,6 +628,9 @@ def from_nir(obj_or_path, *, default_max_spikes: int = 1) -> ir.Graph:
                 node.meta = json.loads(_m_str(meta, "meta_json"))
             except ValueError:
                 pass
+        if isinstance(node, ir.IFNeuron) and n not in foreign_if:  # the file states D, rounding, norm
+            node.meta["code_settings"] = {"max_spikes": node.max_spikes, "rounding": node.rounding,
+                                          "norm": node.norm}
         g.add(final_name[n], node, srcs)
         in_shapes = [shapes.get(s) for s in srcs]
         # a shape mismatch raises NeurodeployError naming the layer

@@ -163,6 +163,9 @@ def resolve_arch(arch: str):
             module = importlib.import_module(mod_spec)
     except LoadError:
         raise
+    except SystemExit as e:
+        raise LoadError(f"--arch {arch!r}: importing {mod_spec} called sys.exit({e.code!r})",
+                        fix="guard the script part of that file with `if __name__ == '__main__':`") from None
     except Exception as e:  # noqa: BLE001
         raise LoadError(f"--arch {arch!r}: cannot import {mod_spec}: {type(e).__name__}: {e}",
                         fix="check the module path and that its imports are installed") from e
@@ -181,6 +184,9 @@ def build_arch(arch: str, arch_kwargs: dict | None = None) -> nn.Module:
     factory = resolve_arch(arch)
     try:
         model = factory(**(arch_kwargs or {}))
+    except SystemExit as e:  # a factory must not end the process: say which one tried
+        raise LoadError(f"--arch {arch!r}: the factory called sys.exit({e.code!r}) instead of returning a model",
+                        fix="make the factory return an nn.Module (check --arch-kwargs)") from None
     except Exception as e:  # noqa: BLE001
         raise LoadError(f"--arch {arch!r}: building the model failed: {type(e).__name__}: {e}",
                         fix="check --arch-kwargs") from e

@@ -271,7 +271,9 @@ class _OnnxConverter:
         core = next((m for m in chain if m.op_type in ("Round", "Floor")), chain[0])
         neuron = ir.IFNeuron(threshold=1.0, max_spikes=int(hi), rounding=rounding,
                              v_init=0.0 if rounding == "floor" else 0.5, norm=float(norm),
-                             meta={"onnx": chain[-1].name, "pattern": [m.op_type for m in chain]})
+                             meta={"onnx": chain[-1].name, "pattern": [m.op_type for m in chain],
+                                   "code_settings": {"max_spikes": int(hi), "rounding": rounding,
+                                                     "norm": float(norm)}})
         v = self.emit(core, i, neuron, [x], "spike")
         for m in chain[1:]:
             self.skip.add(self.index[id(m)])

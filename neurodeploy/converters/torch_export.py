@@ -20,6 +20,7 @@ encoder even when the head after it contains unsupported ops.
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any
@@ -149,13 +150,31 @@ def normalize_spike_config(spike) -> dict[str, dict]:
                                    fix=f"use one of {', '.join(ir.ROUNDING_RULES)}")
         if "max_spikes" in out:
             out["max_spikes"] = int(out["max_spikes"])
+            if not 1 <= out["max_spikes"] <= ir.MAX_SPIKE_BUDGET:
+                raise NeurodeployError(f"spike budget D={out['max_spikes']} is outside 1..{ir.MAX_SPIKE_BUDGET}",
+                                       layer=where, fix="each layer takes D timesteps; SFA uses D = 4..16")
         if "norm" in out:
             out["norm"] = float(out["norm"])
+            if not (math.isfinite(out["norm"]) and out["norm"] > 0):
+                raise NeurodeployError(f"activation norm {out['norm']} must be a finite number > 0", layer=where,
+                                       fix="the norm divides the spike count (a = n / norm), e.g. norm = D")
         return out
 
     if set(spike) <= set(SPIKE_KEYS):
         return {"*": entry(spike, "*")}
     return {str(k): entry(v, str(k)) for k, v in spike.items()}
+
+
+def _code_settings(hi, rounding, norm) -> dict:
+    """What the model's own activation code states: D from an integer clamp maximum; rounding and
+    norm once a rounding op is seen (no division after it means norm 1)."""
+    code = {}
+    if hi is not None and math.isfinite(hi) and hi == int(hi) and hi >= 1:
+        code["max_spikes"] = int(hi)
+    if rounding is not None:
+        code["rounding"] = rounding
+        code["norm"] = float(norm if norm is not None else 1.0)
+    return code
 
 
 def _lookup_spike(cfg: dict, path: str) -> dict:
@@ -536,8 +555,9 @@ class _Converter:
             return None
         if lo is not None and lo != 0:
             return None
-        if "max_spikes" not in cfg and (hi is None or hi != int(hi) or hi < 1):
+        if "max_spikes" not in cfg and (hi is None or not math.isfinite(hi) or hi != int(hi) or hi < 1):
             return None
+        code = _code_settings(hi, rounding, norm)
         D = int(cfg.get("max_spikes", hi))
         rounding = cfg.get("rounding", rounding)
         norm = cfg.get("norm", norm if norm is not None else 1.0)
@@ -550,7 +570,7 @@ class _Converter:
                              source=path or f"aten.{last.name}",
                              meta={"aten": last.name, "order": self.order[last],
                                    "pattern": [_opname(m.target) for m in chain],
-                                   "hook": bool(hook), "user_settings": bool(cfg)})
+                                   "hook": bool(hook), "user_settings": bool(cfg), "code_settings": code})
         name = self.name_for(core, "spike", group=chain + prelude)
         wrap = None
         if isinstance(src_input, _T):

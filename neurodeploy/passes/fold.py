@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import ir
 from ..errors import HostOpError, NeurodeployError, UnsupportedOpError
+from .check import check_finite_parameters
 
 PASS_THROUGH = (ir.SumPool2d, ir.Flatten, ir.Reshape)  # linear, commute with per-channel scales
 CANONICAL_TYPES = (ir.Input, ir.Conv2d, ir.Conv1d, ir.Linear, ir.SumPool2d, ir.Flatten, ir.Reshape,
@@ -333,8 +334,10 @@ def canonicalize(graph: ir.Graph) -> ir.Graph:
     """fold_batchnorm, fold_avgpool, fold_scales, fold_norms, infer_shapes and validate.
 
     Afterwards only Input, Conv2d, Conv1d, Linear, SumPool2d, Flatten, Reshape, Add, IFNeuron and
-    Output remain (HostOp raises :class:`~neurodeploy.errors.HostOpError`)."""
+    Output remain (HostOp raises :class:`~neurodeploy.errors.HostOpError`). Non-finite parameters
+    are refused first (:func:`.check.check_finite_parameters`)."""
     graph.validate()
+    check_finite_parameters(graph)
     g = _shapes(graph.copy())
     g = fold_batchnorm(g)
     g = fold_avgpool(g)

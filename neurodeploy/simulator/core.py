@@ -70,6 +70,7 @@ import torch.nn.functional as F
 from .. import ir, ops
 from ..passes.quantize import integer_bounds
 from ..errors import NeurodeployError
+from ..data import check_input_range
 from . import kernels
 from .kernels import HAVE_NUMBA
 
@@ -550,11 +551,8 @@ def _prepare_input(graph: ir.Graph, x) -> np.ndarray:
                                layer=node.source or ins[0], fix="pass x as [batch, *input_shape]")
     q = graph.metadata.get("quantization") or {}
     rng = q.get("input_range")
-    if q and rng is not None and x.size and max(float(x.max()), -float(x.min())) > rng:
-        raise NeurodeployError(
-            f"input magnitude {float(np.max(np.abs(x))):g} exceeds the range {rng:g} the program was "
-            "quantised for (exact integer arithmetic is only guaranteed inside it)",
-            layer=node.source or ins[0], fix="re-quantise with input_range >= max |x| (or calibration data)")
+    if q and rng is not None:
+        check_input_range(x, rng, layer=node.source or ins[0])
     return x
 
 

@@ -297,4 +297,12 @@ def quantize_input(program: Program, x) -> np.ndarray:
         xi = np.rint(x)
     else:
         xi = np.rint(x * program.input_scale)
+    limit = 2 ** int(program.input_message_bits)
+    if xi.size and not np.all(np.abs(xi) < limit):  # also catches NaN / inf
+        first = int(np.argmax(~(np.abs(xi.reshape(len(xi), -1)) < limit).all(axis=1)))
+        raise NeurodeployError(f"input sample {first} does not fit the {program.input_message_bits}-bit input "
+                               f"messages (payload round(x * {program.input_scale}) must stay below {limit} "
+                               "in magnitude)", layer=program.input_name,
+                               fix="pass inputs inside the range the network was quantised for "
+                                   "(or compile with calibration data that covers them)")
     return xi.astype(np.int64)
