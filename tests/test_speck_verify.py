@@ -19,7 +19,8 @@ def test_ladder_attributes_each_cause():
     probe = (np.random.default_rng(0).normal(size=(3, 10)), np.zeros(3))
     rep = verify(g, x, probe=probe, remedy=False)
     ids = [r[0] for r in rep.rungs]
-    assert ids == ["R0", "R1", "R2", "R3", "R4", "R5", "R6"]
+    assert ids == ["R0", "R1", "R2", "R3", "R4", "R5", "R6", "R7"]  # R7: the deployed barrier artefact
+    assert all(o["in_budget_wrong"] == 0 for o in rep.barrier["own_input"].values())
     assert all(v == 0 for v in rep.mismatch["R0"].values())
     ref = ops.evaluate(g, torch.as_tensor(x))
     assert rep.spikes["R0"]["if1"] == int(ref["if1"].sum())

@@ -43,8 +43,9 @@ import torch
 
 from ... import ir, ops
 from .layers import extract
+from .barrier import quantize_for_barrier
 from .quantize import SpeckQuantizationWarning, quantize
-from .simulate import simulate_events
+from .simulate import simulate_barrier, simulate_events
 
 RUNGS = [
     ("R1", "quantised closed form", "quantisation", None),
@@ -58,6 +59,7 @@ RUNGS = [
                                                                    budget=False)),
     ("R6", "Speck (single/depth/saturating)", "saturation (16-bit, threshold_low)",
      dict(rule="single", order="depth", saturate=True, budget=False)),
+    ("R7", "Speck with layer barrier (deployed)", "R6 + hold/gate release (step vs R2)", "barrier"),
 ]
 
 
@@ -73,6 +75,7 @@ class VerifyReport:
     task: dict = field(default_factory=dict)  # rung -> {'agreement':, 'accuracy':}
     remedy: dict | None = None
     engine: str = ""
+    barrier: dict | None = None  # R7: plan, host events, per-layer check against the layer's own input
 
     def to_dict(self) -> dict:
         return {"engine": self.engine, "layers": self.layers,
@@ -80,7 +83,7 @@ class VerifyReport:
                            "step_mismatch": self.step_mismatch[r], "mean_abs": self.mean_abs[r],
                            "spikes": self.spikes[r], "synops": self.synops.get(r), "task": self.task.get(r)}
                           for r, n, c in self.rungs],
-                "remedy": self.remedy}
+                "remedy": self.remedy, "barrier": self.barrier}
 
     def table(self) -> str:
         lines = [f"Speck verify (reference R0 = integer model, ops.evaluate of the float graph; engine: {self.engine})",
@@ -99,6 +102,8 @@ class VerifyReport:
             if self.task:
                 row += f"{100 * self.task[rid]['agreement']:>11.1f}%"
             lines.append(row)
+        if self.barrier:
+            lines += [""] + barrier_lines(self.barrier, self.mismatch, self.step_mismatch, self.layers)
         if self.remedy and not self.remedy["copies"]:
             lines += ["", "remedy: " + "; ".join(self.remedy["notes"])]
         elif self.remedy:
@@ -132,21 +137,36 @@ def _probe(counts: torch.Tensor, probe) -> torch.Tensor:
 
 
 def verify(graph: ir.Graph, x, *, qgraph: ir.Graph | None = None, probe=None, labels=None, remedy: bool = True,
-           calibration=None, **qopts) -> VerifyReport:
-    """Run the ladder on batch ``x`` (see module docstring). ``graph`` is the float canonical graph."""
+           calibration=None, barrier: bool = True, **qopts) -> VerifyReport:
+    """Run the ladder on batch ``x`` (see module docstring). ``graph`` is the float canonical graph.
+    ``barrier``: quantise so that the layer barrier fits (``barrier.quantize_for_barrier``) and add
+    rung R7 (the deployed Speck artefact: hold + gate release)."""
     g = graph.copy()
     ir.infer_shapes(g)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SpeckQuantizationWarning)
-        qg = qgraph if qgraph is not None else quantize(g, calibration, **qopts)
+        if qgraph is not None:
+            qg = qgraph
+        elif barrier:
+            qg = quantize_for_barrier(g, calibration, **qopts)[0]
+        else:
+            qg = quantize(g, calibration, **qopts)
     xt = ops.as_tensor(x)
     neurons = g.neurons()
     ref = ops.evaluate(g, xt, quantized=False)
     results: dict[str, dict] = {"R0": {n: ref[n] for n in neurons}}
     synops: dict[str, int | None] = {"R0": None}
     eng = ""
+    barrier_info = None
     for rid, _, _, cfg in RUNGS:
-        if cfg is None:
+        if cfg == "barrier":
+            if not barrier:
+                continue
+            r = simulate_barrier(qg, x)
+            results[rid] = {n: r.counts[n].to(torch.float64) for n in neurons}
+            synops[rid] = int(sum(int(np.sum(v)) for v in r.synops.values() if v is not None))
+            barrier_info = _barrier_info(qg, x, r)
+        elif cfg is None:
             q = ops.evaluate(qg, xt, quantized=True)
             results[rid] = {n: q[n] for n in neurons}
             synops[rid] = None
@@ -155,7 +175,7 @@ def verify(graph: ir.Graph, x, *, qgraph: ir.Graph | None = None, probe=None, la
             eng = r.engine
             results[rid] = {n: r.counts[n].to(torch.float64) for n in neurons}
             synops[rid] = int(sum(int(np.sum(v)) for v in r.synops.values() if v is not None))
-    rungs = [("R0", "float closed form", "reference")] + [(a, b, c) for a, b, c, _ in RUNGS]
+    rungs = [("R0", "float closed form", "reference")] + [(a, b, c) for a, b, c, _ in RUNGS if a in results]
     mismatch, mean_abs, step, spikes, task = {}, {}, {}, {}, {}
     prev = "R0"
     final = _final_neuron(g)
@@ -164,6 +184,7 @@ def verify(graph: ir.Graph, x, *, qgraph: ir.Graph | None = None, probe=None, la
         res = results[rid]
         mismatch[rid] = {n: float((res[n] != ref[n]).double().mean()) for n in neurons}
         mean_abs[rid] = {n: float((res[n] - ref[n]).abs().mean()) for n in neurons}
+        prev = "R2" if rid == "R7" else prev  # the barrier is compared with the layer-barrier rung
         step[rid] = {n: float((res[n] != results[prev][n]).double().mean()) for n in neurons}
         spikes[rid] = {n: int(res[n].sum()) for n in neurons}
         if probe is not None:
@@ -173,11 +194,34 @@ def verify(graph: ir.Graph, x, *, qgraph: ir.Graph | None = None, probe=None, la
                 t["accuracy"] = float((pred == torch.as_tensor(np.asarray(labels))).double().mean())
             task[rid] = t
         prev = rid
-    rep = VerifyReport(neurons, rungs, mismatch, mean_abs, step, spikes, synops, task, None, eng)
+    rep = VerifyReport(neurons, rungs, mismatch, mean_abs, step, spikes, synops, task, None, eng, barrier_info)
     if remedy:
         rep.remedy = _remedy(g, x, ref, final, probe, ref_pred, calibration, qopts,
                              {"single": results["R5"], "multi": results["R4"], "synops": synops["R6"]})
     return rep
+
+
+def _barrier_info(qg: ir.Graph, x, r) -> dict:
+    from .barrier import check_against_own_input
+    return {"host_events_per_sample": r.settings["host_events"], "saturations": r.saturations,
+            "plan": r.settings.get("plan"), "scale_notes": (qg.metadata["quantization"].get("barrier_scales") or {}),
+            "own_input": check_against_own_input(qg, x, r.counts)}
+
+
+def barrier_lines(b: dict, mismatch: dict, step: dict, layers: list) -> list:
+    """The barrier's per-layer report: counts equal to R2, and the guarantee checked per neuron."""
+    lines = [f"layer barrier (R7): {b['host_events_per_sample']} host gate events per sample; per layer, given "
+             "its actual input: neurons with n <= D wrong (must be 0), over budget n > D (not capped: Claim 3), "
+             "excess spikes above D, half-even ties (the chip rounds them up)"]
+    if b["scale_notes"]:
+        lines.append("  scales shrunk so that the 16-bit state holds the barrier: " +
+                     ", ".join(f"{k} x{v:.3f}" for k, v in b["scale_notes"].items()))
+    for n in layers:
+        o = b["own_input"][n]
+        lines.append(f"  {n:<24} = R2 {100 * (1 - step['R7'][n]):7.3f}%   in-budget wrong {o['in_budget_wrong']}   "
+                     f"over budget {o['over_budget']} ({100 * o['over_budget'] / max(o['neurons'], 1):.3f}%, "
+                     f"+{o['excess']} spikes)   ties {o['ties']}")
+    return lines
 
 
 def required_copies(graph: ir.Graph) -> dict:
