@@ -151,3 +151,26 @@ def test_speck_check_lists_negative_input_with_the_other_violations():
     assert speck.check(_speck_net(is_spikes=True), inputs=x) == []  # spike input: not rate coded
     add = [v for v in without if "add" in v]
     assert add and all("is adds" not in v for v in without) and "(Conv2d), a pre-activation current" in add[0]
+
+
+def test_loihi_lists_every_violation_with_limit_actual_and_fix():
+    from neurodeploy import ir
+    from neurodeploy.targets import get_target
+
+    rng = np.random.default_rng(0)
+    g = ir.Graph()
+    g.add("input", ir.Input(input_shape=(4,)))
+    g.add("fc", ir.Linear(weight=rng.normal(size=(4, 4))), "input")
+    g.add("if", ir.IFNeuron(), "fc")
+    g.add("fc2", ir.Linear(weight=np.zeros((4, 4))), "if")  # numerical problem beside structural ones
+    g.add("if2", ir.IFNeuron(), "fc2")
+    g.add("add", ir.Add(), ("if", "if2"))
+    g.add("fc3", ir.Linear(weight=rng.normal(size=(2, 4))), "add")
+    g.add("output", ir.Output(), "fc3")
+    ir.infer_shapes(g)
+    probs = get_target("loihi").check(g)
+    rules = {p.split(": ")[1] for p in probs}
+    assert {"layer type", "fan-out", "weights", "weight layer without IF neuron"} <= rules, probs
+    assert all(" is " in p and "allows" in p and "-- fix: " in p for p in probs), probs
+    zero = next(p for p in probs if p.startswith("layer 'fc2'"))
+    assert "all zero" in zero

@@ -67,32 +67,70 @@ def check_input(x, quantization: dict | None, input_name: str | None = None) -> 
                           fix="compile with --calibration data that covers these inputs")
 
 
+CHAIN_LIMIT = "a chain of Conv2d/Linear + IF neuron layers, SumPool2d, Flatten"
+_KIND_FIX = {
+    "Add": "residual sums need branches, which a NetX .net cannot hold: use the 'sim' target, or deploy "
+           "the chain before the first residual (--until)",
+    "Conv1d": "express the token MLP as a 1x1 Conv2d or a Linear layer",
+    "HostOp": "run it on the host: deploy the part before it (--until)",
+    "Reshape": "use a Flatten before a Linear layer",
+}
+
+
+def violation(layer: str, rule: str, actual: str, limit: str, fix: str) -> str:
+    """One Loihi design-rule violation in the format every target uses."""
+    return f"layer '{layer}': {rule}: is {actual}, Loihi/NetX allows {limit} -- fix: {fix}"
+
+
+def _structural_violations(g: ir.Graph, name: str, node) -> list[str]:
+    out = []
+    if isinstance(node, (ir.Add, ir.Conv1d, ir.HostOp, ir.Reshape, ir.BatchNorm, ir.Scale, ir.AvgPool2d)):
+        out.append(violation(name, "layer type", f"{node.kind} (not supported by the Loihi/NetX target)",
+                             CHAIN_LIMIT, _KIND_FIX.get(node.kind, "canonicalise the graph "
+                                                        "(neurodeploy.passes.canonicalize folds it)")))
+    cons = g.consumers_of(name)
+    if len(cons) > 1:
+        out.append(violation(name, "fan-out", f"{len(cons)} consumers {cons}", "1 (NetX .net files are chains)",
+                             "deploy a chain network (no branches or residuals), or use the 'sim' target"))
+    if isinstance(node, (ir.Conv2d, ir.Linear)):
+        if not cons or not isinstance(g.nodes[cons[0]], ir.IFNeuron):
+            nxt = f"followed by {g.nodes[cons[0]].kind} '{cons[0]}'" if cons else "the last layer"
+            out.append(violation(name, "weight layer without IF neuron", nxt,
+                                 "every weight layer followed by an IF neuron (a NetX layer is synapse + "
+                                 "spiking neuron)", "end the deployed part at an activation (--until "
+                                 "<activation module>) and apply this layer on the host"))
+        if isinstance(node, ir.Conv2d) and any(d < 1 for d in node.dilation):
+            out.append(violation(name, "dilation", str(tuple(node.dilation)), ">= 1 in both dimensions",
+                                 "fix the model's dilation"))
+    return out
+
+
+def _numerical_violations(name: str, node) -> list[str]:
+    if isinstance(node, (ir.Conv2d, ir.Linear)) and node.weight is not None:
+        import numpy as np
+
+        if not np.any(np.asarray(node.weight)):
+            return [violation(name, "weights", "all zero", "at least one non-zero weight (NetX cannot load "
+                              "an all-zero layer)", "check the checkpoint: this layer was not trained/loaded")]
+    return []
+
+
 class LoihiTarget(Target):
     name = "loihi"
 
     # -- design rules ---------------------------------------------------------------------------
     def check(self, graph: ir.Graph) -> list[str]:
-        problems: list[str] = []
+        """Every violation (layer, rule, actual value, the NetX/Loihi limit, fix): structural rules and
+        the per-layer numerical ones together; quantisation is tried too when the structure allows."""
         g = graph.copy()
         try:
             ir.infer_shapes(g)
         except NeurodeployError as e:
             return [str(e)]
+        problems: list[str] = []
         for name, node in g.nodes.items():
-            if isinstance(node, (ir.Add, ir.Conv1d, ir.HostOp, ir.Reshape, ir.BatchNorm, ir.Scale,
-                                 ir.AvgPool2d)):
-                problems.append(f"layer '{name}': {node.kind} is not supported by the Loihi/NetX "
-                                "target (chain of Conv2d/Linear + IF, SumPool2d, Flatten only)")
-            if len(g.consumers_of(name)) > 1:
-                problems.append(f"layer '{name}': fan-out to {g.consumers_of(name)}; NetX .net "
-                                "files are chains")
-            if isinstance(node, (ir.Conv2d, ir.Linear)):
-                cons = g.consumers_of(name)
-                if not cons or not isinstance(g.nodes[cons[0]], ir.IFNeuron):
-                    problems.append(f"layer '{name}': weight layer not followed by an IF neuron "
-                                    "(every NetX layer is synapse + spiking neuron)")
-                if isinstance(node, ir.Conv2d) and any(d < 1 for d in node.dilation):
-                    problems.append(f"layer '{name}': bad dilation {node.dilation}")
+            problems += _structural_violations(g, name, node)
+            problems += _numerical_violations(name, node)
         if not problems:
             try:
                 self.quantize(g)
