@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .ir import MAX_SPIKE_BUDGET
+from .limits import MAX_SPIKE_BUDGET
 from .errors import NeurodeployError
 from .engine.cli import check_artifacts, manifest_option, route_cmd, simulate_cmd
 from .targets import TARGET_NAMES

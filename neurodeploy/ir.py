@@ -42,11 +42,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import NeurodeployError
+from .limits import MAX_SPIKE_BUDGET
 
 ROUNDING_RULES = ("half_up", "half_even", "floor")
-# Largest spike budget D: a layer takes D timesteps (simulation work grows with D) and D-bit spike
-# counts; SFA models use D = 4..16. 2^15 keeps counts in int16 and a simulation finite.
-MAX_SPIKE_BUDGET = 2 ** 15
 
 
 def _pair(v) -> tuple[int, int]:

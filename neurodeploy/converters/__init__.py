@@ -113,7 +113,9 @@ def _to_graph(loaded: LoadedModel, input_shape=None, *, until=None, spike=None) 
         raise NeurodeployError("the input shape of the model is unknown",
                                fix="pass --input-shape C,H,W (per sample, no batch dimension), e.g. "
                                    "--input-shape 2,34,34")
-    return from_torch(loaded.module, check_input_shape(parse_shape(input_shape)), until=until, spike=spike)
+    from .trace_cache import cached_from_torch
+
+    return cached_from_torch(loaded.module, check_input_shape(parse_shape(input_shape)), until=until, spike=spike)
 
 
 def _memory_bytes() -> int | None:
