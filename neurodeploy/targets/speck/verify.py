@@ -18,8 +18,9 @@ R6    events: single, depth, no budget, saturation           16-bit / threshold_
 
 R6 is the chip (``simulate_events`` defaults). R2–R5 run without saturation. Per layer: fraction
 of neurons whose count differs from R0, mean |Δcount| and total spikes; per rung: SynOps.
-End-task agreement: a probe (weight [K, F], bias [K]) on the final layer's counts; argmax agreement
-with R0 (and accuracy when labels are given).
+End-task agreement: a probe (weight [K, F], bias [K]) on the final layer's values (counts / the
+activation norm, which ``fold_norms`` recorded: the probe was trained on the model's values); argmax
+agreement with R0 (and accuracy when labels are given; R0's equals the PyTorch probe's).
 
 Remedy (``remedy=True``): when some layer's weights exceed its threshold, one event would need
 several output spikes and the chip emits one. ``split_neurons`` gives each such layer m =
@@ -89,8 +90,9 @@ class VerifyReport:
         lines = [f"Speck verify (reference R0 = integer model, ops.evaluate of the float graph; engine: {self.engine})",
                  "per layer: mismatch vs R0 % (step vs previous rung %) [mean |Δn|]"]
         hdr = f"{'rung':<5}{'cause added':<38}" + "".join(f"{n:>26}" for n in self.layers) + f"{'SynOps':>12}"
+        acc = bool(self.task) and all("accuracy" in t for t in self.task.values())
         if self.task:
-            hdr += f"{'task agree':>12}"
+            hdr += f"{'task agree':>12}" + (f"{'accuracy':>10}" if acc else "")
         lines += [hdr, "-" * len(hdr)]
         for rid, name, cause in self.rungs:
             row = f"{rid:<5}{cause:<38}"
@@ -101,6 +103,7 @@ class VerifyReport:
             row += f"{(s if s is not None else '-'):>12}"
             if self.task:
                 row += f"{100 * self.task[rid]['agreement']:>11.1f}%"
+                row += f"{100 * self.task[rid]['accuracy']:>9.1f}%" if acc else ""
             lines.append(row)
         if self.barrier:
             lines += [""] + barrier_lines(self.barrier, self.mismatch, self.step_mismatch, self.layers)
@@ -127,9 +130,16 @@ def _final_neuron(graph: ir.Graph) -> str:
     return last[-1] if last else graph.neurons()[-1]
 
 
-def _probe(counts: torch.Tensor, probe) -> torch.Tensor:
+def _feature_norm(graph: ir.Graph, neuron: str) -> float:
+    """The activation norm of ``neuron`` (value = count / norm), as the model had it before
+    ``fold_norms`` moved it into the next weights: the probe was trained on values, not counts."""
+    norms = graph.metadata.get("neuron_norms") or {}
+    return float(norms.get(neuron, getattr(graph.nodes[neuron], "norm", 1.0)) or 1.0)
+
+
+def _probe(counts: torch.Tensor, probe, norm: float = 1.0) -> torch.Tensor:
     w, b = probe
-    feats = counts.reshape(counts.shape[0], -1).to(torch.float64)
+    feats = counts.reshape(counts.shape[0], -1).to(torch.float64) / norm
     logits = feats @ ops.as_tensor(w).T
     if b is not None:
         logits = logits + ops.as_tensor(b)
@@ -179,7 +189,8 @@ def verify(graph: ir.Graph, x, *, qgraph: ir.Graph | None = None, probe=None, la
     mismatch, mean_abs, step, spikes, task = {}, {}, {}, {}, {}
     prev = "R0"
     final = _final_neuron(g)
-    ref_pred = _probe(ref[final], probe) if probe is not None else None
+    norm = _feature_norm(g, final)
+    ref_pred = _probe(ref[final], probe, norm) if probe is not None else None
     for rid, _, _ in rungs:
         res = results[rid]
         mismatch[rid] = {n: float((res[n] != ref[n]).double().mean()) for n in neurons}
@@ -188,7 +199,7 @@ def verify(graph: ir.Graph, x, *, qgraph: ir.Graph | None = None, probe=None, la
         step[rid] = {n: float((res[n] != results[prev][n]).double().mean()) for n in neurons}
         spikes[rid] = {n: int(res[n].sum()) for n in neurons}
         if probe is not None:
-            pred = _probe(res[final], probe)
+            pred = _probe(res[final], probe, norm)
             t = {"agreement": float((pred == ref_pred).double().mean())}
             if labels is not None:
                 t["accuracy"] = float((pred == torch.as_tensor(np.asarray(labels))).double().mean())
@@ -330,5 +341,5 @@ def _remedy(g, x, ref, final, probe, ref_pred, calibration, qopts, before: dict)
            "closed_form_mismatch": float(original_units(ops.evaluate(rq, ops.as_tensor(x), True)[final])
                                          .ne(ref[final]).double().mean())}
     if probe is not None:
-        out["agreement"] = float((_probe(counts, probe) == ref_pred).double().mean())
+        out["agreement"] = float((_probe(counts, probe, _feature_norm(g, final)) == ref_pred).double().mean())
     return out
