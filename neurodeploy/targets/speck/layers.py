@@ -62,6 +62,7 @@ class SpeckLayer:
     destinations: list = field(default_factory=list)  # [Destination]
     exits: list = field(default_factory=list)  # [(output node name, pool)]
     sources: list = field(default_factory=list)  # [source layer name or INPUT]
+    has_bias: bool = True  # the weight node has a bias (sinabs counts bias memory only then)
 
     @property
     def channels_in(self) -> int:
@@ -207,6 +208,7 @@ def extract(graph: ir.Graph) -> SpeckNet:
             if node.groups > 1:
                 W.append(f"layer '{name}': grouped conv (groups={node.groups}) is placed as a dense kernel "
                          f"with zeros outside the groups (kernel memory as for a dense conv)")
+        layer.has_bias = node.bias is not None
         layers[name] = layer
         if neuron is not None:
             neuron_to_layer[neuron] = name

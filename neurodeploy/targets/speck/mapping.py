@@ -4,7 +4,7 @@ Memory per layer (sinabs 3.1.3 ``DynapcnnLayer.memory_summary``, REFERENCE §3):
 
     kernel = c · 2^(⌈log2 k²⌉ + ⌈log2 f⌉)      (k² = kH·kW; a Linear's kernel is its whole input)
     neuron = f · 2^(⌈log2 H⌉ + ⌈log2 W⌉)       (H, W: the neuron (conv output) map)
-    bias   = f                                  (sinabs counts 0 for a conv without bias)
+    bias   = f, or 0 for a layer without bias   (as sinabs: ``len(conv.bias)`` or 0 when it is None)
 
 Per-core limits (words): cores 0–2 kernel 16Ki / neuron 64Ki; 3–4 32Ki / 32Ki; 5–6 64Ki / 16Ki;
 7–8 16Ki / 16Ki; bias 1024 everywhere. Layers are assigned to cores by a maximum bipartite
@@ -46,7 +46,8 @@ def layer_memory(layer: SpeckLayer) -> dict:
     c = layer.channels_in
     f, h, w = layer.out_shape
     kh, kw = layer.kernel
-    return {"kernel": kernel_memory(c, kh * kw, f), "neuron": neuron_memory(f, h, w), "bias": int(f)}
+    return {"kernel": kernel_memory(c, kh * kw, f), "neuron": neuron_memory(f, h, w),
+            "bias": int(f) if layer.has_bias else 0}
 
 
 def fits(mem: dict, core: int) -> bool:
@@ -157,7 +158,7 @@ def map_layers(layers: dict[str, SpeckLayer], core_map: dict | None = None) -> C
 def memory_report(layers: dict[str, SpeckLayer], mapping: CoreMapping | None) -> str:
     """A per-core table: layer, shapes, memory use against that core's limits."""
     lines = ["Speck core memory (words; sinabs 3.1.3 formulas: kernel = c*2^(ceil(log2 k^2)+ceil(log2 f)),"
-             " neuron = f*2^(ceil(log2 H)+ceil(log2 W)), bias = f)", ""]
+             " neuron = f*2^(ceil(log2 H)+ceil(log2 W)), bias = f if the layer has a bias, else 0)", ""]
     hdr = f"{'core':>4}  {'layer':<24} {'in (C,H,W)':<16} {'out (F,H,W)':<16} {'k':>5} " \
           f"{'kernel':>15} {'neuron':>15} {'bias':>11}"
     lines += [hdr, "-" * len(hdr)]
