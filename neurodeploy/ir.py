@@ -65,6 +65,12 @@ class Node:
     def kind(self) -> str:
         return type(self).__name__
 
+    @property
+    def user_kind(self) -> str:
+        """The kind the user wrote, for messages: a pass that rewrites a node (AvgPool2d -> SumPool2d
+        + Scale) records it in ``meta['user_kind']``."""
+        return self.meta.get("user_kind", self.kind)
+
 
 @dataclass(eq=False)
 class Input(Node):

@@ -88,7 +88,7 @@ def fold_avgpool(graph: ir.Graph) -> ir.Graph:
     for name in g.of_type(ir.AvgPool2d):
         ap = g.nodes[name]
         sp = ir.SumPool2d(kernel=ap.kernel, stride=ap.stride, padding=ap.padding, source=ap.source,
-                          shape=ap.shape, meta=dict(ap.meta))
+                          shape=ap.shape, meta={**ap.meta, "user_kind": ap.meta.get("user_kind", "AvgPool2d")})
         g.nodes[name] = sp  # keeps insertion position and edges
         k = ap.kernel[0] * ap.kernel[1]
         g.insert_after(name, g.unique_name(f"{name}_scale"), ir.Scale(scale=1.0 / k, source=ap.source,
@@ -162,7 +162,7 @@ def _push_forward(g: ir.Graph, start: str, f: np.ndarray, dry: bool) -> str | No
         elif isinstance(node, ir.SumPool2d) and not isinstance(node, ir.AvgPool2d):
             pc = _per_channel(f)
             if pc is None:
-                return f"{c} (SumPool2d) needs a per-channel factor"
+                return f"{c} ({node.user_kind}) needs a per-channel factor"
             why = _push_forward(g, c, _factor(pc, node.shape), dry)
             if why:
                 return why
@@ -206,7 +206,7 @@ def _push_backward(g: ir.Graph, name: str, f: np.ndarray, dry: bool = False) -> 
     if isinstance(node, ir.SumPool2d) and not isinstance(node, ir.AvgPool2d):
         pc = _per_channel(f)
         if pc is None:
-            return "factor varies inside a channel after SumPool2d"
+            return f"factor varies inside a channel after {src} ({node.user_kind})"
         in_shape = g.nodes[g.inputs_of(src)[0]].shape
         return _push_backward(g, src, _factor(pc, in_shape), dry)
     if isinstance(node, (ir.Flatten, ir.Reshape)):

@@ -178,7 +178,7 @@ def extract(graph: ir.Graph) -> SpeckNet:
                                "run this layer on the host: deploy up to its input (--until) and apply it to "
                                "the output spike counts"))
         elif not any(isinstance(nodes[c], ir.Add) for c in cons):  # Adds are reported on the Add node
-            kinds = ", ".join(f"{c} ({nodes[c].kind})" for c in cons) or "nothing"
+            kinds = ", ".join(f"{c} ({nodes[c].user_kind})" for c in cons) or "nothing"
             fix = ("pool after the neuron (Speck sum-pools spikes per destination), e.g. move the global "
                    "average pool after the activation" if any(isinstance(nodes[c], ir.SumPool2d) for c in cons)
                    else "add an IF neuron after this layer")
@@ -221,7 +221,7 @@ def extract(graph: ir.Graph) -> SpeckNet:
             # a neuron fed by an Add / Conv1d / Reshape / shared weight output: reported on that node
             reported = ins and isinstance(nodes[ins[0]], (ir.Add, ir.Conv1d, ir.Reshape, ir.Conv2d, ir.Linear))
             if name not in neuron_to_layer and not reported:
-                what = f"{ins[0]} ({nodes[ins[0]].kind})" if ins else "nothing"
+                what = f"{ins[0]} ({nodes[ins[0]].user_kind})" if ins else "nothing"
                 V.append(Violation(name, "spiking layer must follow a weight layer",
                                    "weight -> IF neuron", f"IF neuron fed by {what}",
                                    "merge spike tensors (Add) only before a weight layer, and pool only "
@@ -257,9 +257,10 @@ def extract(graph: ir.Graph) -> SpeckNet:
         total = 1
         for (k, s, p, pname) in chain:
             if k[0] != k[1] or s != k or p != (0, 0):
+                kind = nodes[pname].user_kind
                 V.append(Violation(pname, "sum-pooling shape", "square, stride = kernel, no padding",
-                                   f"kernel {k}, stride {s}, padding {p}",
-                                   "use SumPool2d(k) with k in 1, 2, 4 (stride = kernel)"))
+                                   f"{kind} kernel {k}, stride {s}, padding {p}",
+                                   f"use {kind}(k) with k in 1, 2, 4 (stride = kernel)"))
                 return 1
             total *= k[0]
         if total not in (1, 2, 4):
@@ -307,7 +308,7 @@ def extract(graph: ir.Graph) -> SpeckNet:
                     s = graph.inputs_of(s)[0]
                 if not isinstance(nodes[s], (ir.IFNeuron, ir.Input, ir.Add)):
                     V.append(Violation(name, "sum of tensors", "merge of spike tensors (events) only",
-                                       f"'{s}' ({nodes[s].kind}), a pre-activation current",
+                                       f"'{s}' ({nodes[s].user_kind}), a pre-activation current",
                                        "Speck cores cannot add pre-activation currents: give each branch its "
                                        "own IF neuron and merge the spikes, or fold the branches into one conv"))
         if isinstance(node, ir.Flatten):
