@@ -70,20 +70,23 @@ def _speck_graph(seed):
     return g
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_barrier_simulation_matches_layer_barrier_on_random_graphs(seed):
+@pytest.mark.parametrize("seed,bounds", [(0, "budget"), (1, "budget"), (2, "budget"), (2, "weights"),
+                                         (3, "weights")])
+def test_barrier_simulation_matches_layer_barrier_on_random_graphs(seed, bounds):
     g = _speck_graph(seed)
     x = np.abs(random_input(g, 6, seed=seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SpeckQuantizationWarning)
-        qg, plan = quantize_for_barrier(g, x)
+        qg, plan = quantize_for_barrier(g, x, bounds=bounds)
     r2 = simulate_events(qg, x, rule="multi", order="breadth", saturate=False, budget=True)
     for interleaving in (None, 1, 2):
         r = simulate_barrier(qg, x, plan=plan, seed=interleaving)
         own = check_against_own_input(qg, x, r.counts)
         upstream_exact = True
         for n in qg.neurons():
-            assert own[n]["in_budget_wrong"] == 0 and own[n]["over_budget_outside"] == 0
+            assert own[n]["over_budget_outside"] == 0
+            if bounds == "weights" or upstream_exact:  # 'budget' assumes every source fires <= D
+                assert own[n]["in_budget_wrong"] == 0, n
             if upstream_exact and own[n]["over_budget"] == 0:  # same input as R2: same counts
                 assert np.array_equal(r.counts[n].numpy(), r2.counts[n].numpy()), n
             upstream_exact = upstream_exact and own[n]["over_budget"] == 0

@@ -25,8 +25,11 @@ Release (after the layer's input is complete; the next layer is still held)
 Gate features are extra input features of the core whose kernel has one non-zero tap, so that a
 host event at the matching input position of each output position reaches each neuron of that
 position exactly once, adding the gate weight g_f of its output channel f (|g_f| <= 127). The
-release is: k "lift" events of weight a_f (a_f <= 127), then m "unit" events of weight u,
-u <= min(θ, 127), m·u >= Dθ, and H_f = k·a_f + m·u.
+release (``release_gates``) is, for θ < 127: k "lift" events of weight a_f (θ < a_f <= 127 allowed),
+then m = D "unit" events of weight u = θ, H_f = k·a_f + Dθ (two gate features); for θ >= 127: r
+"release" events of weight a_f <= 127 <= θ, H_f = r·a_f (one gate feature: Claim 1 applies to every
+event, and a lift could not cap anything anyway, by Claim 3). Claim 2 below is stated with m events
+of u <= θ, m·u >= Dθ.
 
 **Claim 1** (chunks <= θ are exact, no cap). If from v = y - H < θ a neuron receives events of
 weights e_1..e_r >= 0, each <= θ, summing to H, it fires exactly max(floor(y/θ), 0) times.
@@ -152,8 +155,13 @@ class BarrierPlan:
 
 def release_gates(hold_min: np.ndarray, theta: int, budget: int, channels_in: int) -> tuple[list, np.ndarray]:
     """Gate features and the hold H_f >= hold_min_f they release (see Claim 2)."""
-    u = min(theta, GATE_MAX)
-    m = math.ceil(budget * theta / u)
+    if theta >= GATE_MAX:  # every chunk <= 127 <= θ: one feature, exact for all n <= D by Claim 1
+        need = np.maximum(np.asarray(hold_min, np.int64), 1)
+        r = int(math.ceil(int(need.max()) / GATE_MAX))
+        a = -(-need // r)
+        return [GateFeature("release", channels_in, a.astype(np.int64), r)], r * a
+    u = theta
+    m = budget
     lift_min = np.maximum(np.asarray(hold_min, np.int64) - m * u, 0)
     k = int(math.ceil(int(lift_min.max(initial=0)) / GATE_MAX))
     gates = []
@@ -258,11 +266,14 @@ def quantize_for_barrier(graph: ir.Graph, calibration=None, *, bounds: str = "bu
 
     from .quantize import SpeckQuantizationWarning, quantize
     qg = quantize(graph, calibration, **qopts)
+    limited_by = {l: r.get("limited_by") for l, r in qg.metadata["quantization"]["layers"].items()}
     shrunk = {}
     for _ in range(40):
         plan = plan_barrier(qg, bounds=bounds, input_bound=input_bound, strict=False)
         if not plan.violations:
             qg.metadata["quantization"]["barrier_scales"] = shrunk
+            for l, r in qg.metadata["quantization"]["layers"].items():
+                r["limited_by"] = "barrier (16-bit hold)" if l in shrunk else limited_by[l]
             plan.notes += [f"layer '{l}': scale x{f:.3f} so that the 16-bit state holds the barrier"
                            for l, f in shrunk.items()]
             return qg, plan
@@ -325,3 +336,57 @@ def check_against_own_input(graph: ir.Graph, x, counts: dict) -> dict:
             else:
                 vals[name] = ops.linear_op(node, ins, True)
     return out
+
+
+def _layer_with_gates(layer, lb: LayerBarrier):
+    import dataclasses
+    c, h, w = layer.in_shape
+    return dataclasses.replace(layer, in_shape=(c + len(lb.gates), h, w))
+
+
+def barrier_core_map(net: SpeckNet, plan: BarrierPlan, core_map: dict | None = None) -> dict:
+    """Layer -> core with the gate features' kernel memory counted (sinabs' bipartite matching over
+    the per-core limits); ``core_map``: the user's fixed placements, kept."""
+    from ...errors import DesignRuleError
+    from .mapping import _match, candidate_cores, layer_memory
+    mem = {n: layer_memory(_layer_with_gates(l, plan.layers[n])) for n, l in net.layers.items()}
+    cands = {n: candidate_cores(m) for n, m in mem.items()}
+    taken = {n: c for n, c in (core_map or {}).items() if n in cands}
+    bad = [f"layer '{n}': core memory with {len(plan.layers[n].gates)} gate feature(s): kernel {mem[n]['kernel']}, "
+           f"neuron {mem[n]['neuron']}: no core holds it -- fix: fewer input channels or a smaller kernel"
+           for n, c in cands.items() if not c]
+    bad += [f"layer '{n}': core {c} of core_map cannot hold it with the gate feature(s) (kernel {mem[n]['kernel']}) "
+            f"-- fix: give it one of the cores {cands[n]}" for n, c in taken.items() if c not in cands[n]]
+    match = None if bad else _match(cands, taken)
+    if match is None:
+        raise DesignRuleError(bad or ["the layers with their gate features do not fit on the 9 cores at once -- fix: "
+                                      "reduce channels, or compile with barrier=False (not exact on the chip)"], "speck")
+    return match
+
+
+def barrier_cost(net: SpeckNet, layer_to_core: dict, plan: BarrierPlan) -> dict:
+    """Per core: extra input features, extra kernel memory (words), gate events and gate SynOps per
+    sample (each gate event reaches the F neurons of one output position)."""
+    from .mapping import layer_memory
+    cores = {}
+    for lname, lb in plan.layers.items():
+        l = net.layers[lname]
+        k0 = layer_memory(l)["kernel"]
+        k1 = layer_memory(_layer_with_gates(l, lb))["kernel"]
+        cores[lname] = {"core": int(layer_to_core[lname]), "extra_features": len(lb.gates),
+                        "kernel_memory": k1, "kernel_memory_extra": k1 - k0, "gate_events": lb.host_events,
+                        "gate_synops": lb.host_events * int(lb.out_shape[0]), "rounds": lb.rounds,
+                        "hold_max": int(lb.hold.max())}
+    return {"host_events_per_sample": plan.host_events(), "layers": cores, "bounds": plan.bounds,
+            "sequence_points_per_sample": len(plan.layers)}
+
+
+def cost_text(cost: dict) -> str:
+    lines = [f"layer barrier: {cost['host_events_per_sample']} host gate events per sample, "
+             f"{cost['sequence_points_per_sample']} sequence points (hold bound: {cost['bounds']})",
+             f"{'core':>4}  {'layer':<24} {'+features':>9} {'kernel mem':>11} {'(+words)':>9} {'gate events':>11} "
+             f"{'gate SynOps':>11} {'hold':>6}"]
+    for name, c in cost["layers"].items():
+        lines.append(f"{c['core']:>4}  {name:<24} {c['extra_features']:>9} {c['kernel_memory']:>11} "
+                     f"{c['kernel_memory_extra']:>9} {c['gate_events']:>11} {c['gate_synops']:>11} {c['hold_max']:>6}")
+    return "\n".join(lines) + "\n"

@@ -30,11 +30,23 @@ class SpeckTarget(Target):
         return drc.run_drc(graph.copy()).warnings
 
     def quantize(self, graph: ir.Graph, calibration=None, **options) -> ir.Graph:
+        """Speck quantisation; with the layer barrier (default ``barrier=True``, bias in the initial
+        value) each layer's scale is the quantiser's, shrunk where the 16-bit state cannot hold the
+        barrier (``barrier.quantize_for_barrier``)."""
+        if _uses_barrier(options):
+            from .barrier import quantize_for_barrier
+            return quantize_for_barrier(graph, calibration, **_barrier_options(options),
+                                        **_quantize_options(options))[0]
         return qmod.quantize(graph, calibration, **_quantize_options(options))
 
     def map(self, graph: ir.Graph, core_map: dict | None = None, **options) -> dict[str, Any]:
         rep = drc.run_drc(graph.copy(), core_map)
         rep.raise_if_failed()
+        if graph.is_quantized and _uses_barrier(options):  # the gate features take kernel memory
+            from .barrier import barrier_core_map, plan_barrier
+            rep = drc.run_drc(graph.copy(), barrier_core_map(rep.net, plan_barrier(graph, **_barrier_options(options)),
+                                                             core_map))
+            rep.raise_if_failed()
         m = mapping_mod.CoreMapping(rep.layer_to_core, {n: mapping_mod.layer_memory(l) for n, l in rep.net.layers.items()})
         return {"layer_to_core": m.layer_to_core, "memory": m.memory,
                 "report": mapping_mod.memory_report(rep.net.layers, m)}
@@ -51,7 +63,13 @@ class SpeckTarget(Target):
         rep = drc.run_drc(g.copy(), core_map)
         rep.raise_if_failed()
         if not g.is_quantized or g.metadata["quantization"].get("target") != "speck":
-            g = qmod.quantize(g, calibration, bias_mode=bias_mode, **_quantize_options(options))
+            g = self.quantize(g, calibration, bias_mode=bias_mode, **options)
+        plan = None
+        if _uses_barrier({**options, "bias_mode": bias_mode}):
+            from . import barrier as bmod
+            plan = bmod.plan_barrier(g, **_barrier_options(options))  # raises, naming a layer that cannot hold it
+            rep = drc.run_drc(g.copy(), bmod.barrier_core_map(rep.net, plan, core_map))
+            rep.raise_if_failed()
         if mapping and mapping.get("layer_to_core") not in (None, rep.layer_to_core):
             raise NeurodeployError("the mapping given to emit differs from the one the design-rule check finds",
                                    fix="pass the same core_map to map() and emit()")
@@ -59,6 +77,12 @@ class SpeckTarget(Target):
         ok, why = cfgmod.samna_available()
         status = {"samna_available": ok, "detail": why}
         conf = cfgmod.build_config(g, rep.net, m, bias_mode=bias_mode, samna_status=status)
+        program = None
+        if plan is not None:
+            from . import host
+            host.apply_barrier(conf, g, plan)
+            program = host.host_program(conf, plan)
+            conf["barrier"]["cost"] = program["cost"] = bmod.barrier_cost(rep.net, m.layer_to_core, plan)
         samna_files: dict[str, bytes | str] = {}
         if ok:
             scfg, (valid, msg) = cfgmod.to_samna(conf)
@@ -74,6 +98,9 @@ class SpeckTarget(Target):
                                                      "speck_flash.bin"],
                           text=cfgmod.NO_SAMNA_TEXT.format(reason=why))
         report = mapping_mod.memory_report(rep.net.layers, m)
+        if program is not None:
+            from .barrier import cost_text
+            report += "\n" + cost_text(program["cost"])
         report += "\nsamna: " + (f"validated, flash binary written ({why})" if ok else status["text"]) + "\n"
         if rep.warnings:
             report += "\nwarnings:\n" + "".join(f"  - {w}\n" for w in rep.warnings)
@@ -88,6 +115,8 @@ class SpeckTarget(Target):
                                                                "memory": m.memory}),
             "memory_report": atomic_write(out_dir / "memory_report.txt", report),
         }
+        if program is not None:
+            paths["speck_host_program"] = atomic_write(out_dir / "speck_host_program.json", dumps_json(program))
         for name, data in samna_files.items():
             paths[name] = atomic_write(out_dir / name, data)
         return paths
@@ -96,12 +125,17 @@ class SpeckTarget(Target):
         """``mode='events'`` (the chip, ``simulate.simulate_events``) or ``'binned'`` (sinabs,
         ``x`` given per bin [B, T, ...]).
 
-        ``schedule`` (the generic verify's names): 'speck' / 'streaming' / 'events' = the chip
-        (single spike per event, depth first, saturating, no budget); 'sync' = the layer barrier on
-        the event engine (multi, breadth, budget D, no saturation: the quantised closed form).
+        ``schedule`` (the generic verify's names): 'speck' = the deployed artefact: the chip (single
+        spike per event, depth first, saturating, no budget) running the layer-barrier host stream
+        (``simulate.simulate_barrier``; plain chip without it when ``barrier=False``); 'streaming' /
+        'events' = the chip without the barrier; 'sync' = the layer barrier on the event engine
+        (multi, breadth, budget D, no saturation: the quantised closed form).
         """
+        barrier = False
         if schedule is not None:
-            if schedule in ("speck", "streaming", "events"):
+            if schedule == "speck":
+                barrier = _uses_barrier(options)
+            elif schedule in ("streaming", "events"):
                 pass
             elif schedule == "sync":
                 options = {**dict(rule="multi", order="breadth", saturate=False, budget=True), **options}
@@ -112,6 +146,11 @@ class SpeckTarget(Target):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", qmod.SpeckQuantizationWarning)
                 graph = qmod.quantize(graph)
+        if mode == "events" and barrier:
+            res = sim.simulate_barrier(graph, x, **_barrier_options(options))
+            res.schedule = schedule
+            return res
+        options = {k: v for k, v in options.items() if k != "barrier" and not k.startswith("barrier_")}
         if mode == "events":
             res = sim.simulate_events(graph, x, **options)
             res.schedule = schedule or "speck"
@@ -148,6 +187,18 @@ class SpeckTarget(Target):
 
 
 _QUANTIZE_OPTIONS = ("input_scale", "max_input_events", "low_threshold", "bias_bits", "scales", "bias_mode")
+
+
+_BARRIER_OPTIONS = ("bounds", "input_bound")
+
+
+def _uses_barrier(options: dict) -> bool:
+    return bool(options.get("barrier", True)) and options.get("bias_mode", "initial") == "initial"
+
+
+def _barrier_options(options: dict) -> dict:
+    """``barrier_bounds`` / ``barrier_input_bound`` target options -> plan_barrier's options."""
+    return {k: options[f"barrier_{k}"] for k in _BARRIER_OPTIONS if options.get(f"barrier_{k}") is not None}
 
 
 def _quantize_options(options: dict) -> dict:
