@@ -613,29 +613,38 @@ def load_routing(path) -> Routing:
             raise NeurodeployError(f"{path} has routing format_version {schema.get('format_version')}, "
                                    f"this neurodeploy reads {FORMAT_VERSION}", fix="rebuild the routing")
 
-        def arr(i, k):
-            with zf.open(f"L{i}.{k}.npy") as f:
-                return np.lib.format.read_array(io.BytesIO(f.read()), allow_pickle=False)
+        try:
+            return Routing(_read_tables(zf, schema), quantized=bool(schema["quantized"]),
+                           max_bytes=int(schema["max_bytes"]))
+        except (KeyError, TypeError, ValueError, IndexError, zipfile.BadZipFile, EOFError) as e:
+            raise NeurodeployError(f"{path} is damaged: {type(e).__name__}: {e}",
+                                   fix="rebuild it with `neurodeploy compile ... --emit routing`") from None
 
-        tables = []
-        for L in schema["layers"]:
-            i = L["index"]
-            names = L["arrays"]
-            geom = {k: int(L["geometry"][k]) for k in _GEOM_KEYS}
-            t = RoutingTable(
-                index=i, name=L["name"], kind=L["kind"], in_shape=tuple(L["in_shape"]),
-                out_shape=tuple(L["out_shape"]), geometry=geom,
-                ry_ptr=arr(i, "ry_ptr"), ry_out=arr(i, "ry_out"), ry_k=arr(i, "ry_k"),
-                rx_ptr=arr(i, "rx_ptr"), rx_out=arr(i, "rx_out"), rx_k=arr(i, "rx_k"),
-                weight=arr(i, "weight") if "weight" in names else None,
-                mask=arr(i, "mask") if "mask" in names else None,
-                input_nodes=list(L["input_nodes"]), input_kind=L["input_kind"],
-                stride=tuple(L["geometry"]["stride"]), padding=tuple(L["geometry"]["padding"]),
-                dilation=tuple(L["geometry"]["dilation"]))
-            if L["expanded"]:
-                t._expanded = (arr(i, "indptr"), arr(i, "dst"), arr(i, "widx"))
-            tables.append(t)
-    return Routing(tables, quantized=bool(schema["quantized"]), max_bytes=int(schema["max_bytes"]))
+
+def _read_tables(zf: zipfile.ZipFile, schema: dict) -> list:
+    def arr(i, k):
+        with zf.open(f"L{i}.{k}.npy") as f:
+            return np.lib.format.read_array(io.BytesIO(f.read()), allow_pickle=False)
+
+    tables = []
+    for L in schema["layers"]:
+        i = L["index"]
+        names = L["arrays"]
+        geom = {k: int(L["geometry"][k]) for k in _GEOM_KEYS}
+        t = RoutingTable(
+            index=i, name=L["name"], kind=L["kind"], in_shape=tuple(L["in_shape"]),
+            out_shape=tuple(L["out_shape"]), geometry=geom,
+            ry_ptr=arr(i, "ry_ptr"), ry_out=arr(i, "ry_out"), ry_k=arr(i, "ry_k"),
+            rx_ptr=arr(i, "rx_ptr"), rx_out=arr(i, "rx_out"), rx_k=arr(i, "rx_k"),
+            weight=arr(i, "weight") if "weight" in names else None,
+            mask=arr(i, "mask") if "mask" in names else None,
+            input_nodes=list(L["input_nodes"]), input_kind=L["input_kind"],
+            stride=tuple(L["geometry"]["stride"]), padding=tuple(L["geometry"]["padding"]),
+            dilation=tuple(L["geometry"]["dilation"]))
+        if L["expanded"]:
+            t._expanded = (arr(i, "indptr"), arr(i, "dst"), arr(i, "widx"))
+        tables.append(t)
+    return tables
 
 
 # -- profile ---------------------------------------------------------------------------------------

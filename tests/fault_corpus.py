@@ -142,6 +142,14 @@ def _graph_json(edit):
     return _edit_zip_member("graph.ir.npz", "graph.json", on_bytes)
 
 
+def _routing_schema(edit):
+    def on_bytes(data: bytes) -> bytes:
+        doc = json.loads(data)
+        edit(doc)
+        return json.dumps(doc).encode()
+    return _edit_zip_member("routing.npz", "schema.json", on_bytes)
+
+
 def _add_unknown_field(doc):
     doc["nodes"][1]["fields"]["colour"] = "blue"
 
@@ -212,6 +220,7 @@ ARTIFACT_FAULTS = {
     "graph_truncated": ("sim", _truncate("graph.ir.npz")),
     "graph_missing": ("sim", _delete("graph.ir.npz")),
     "routing_truncated": ("sim", _truncate("routing.npz")),
+    "routing_schema_edited": ("sim", _routing_schema(lambda d: d["layers"][0].pop("geometry"))),
     "net_truncated": ("loihi", _truncate("network.net")),
     "net_weight_shape": ("loihi", _net_weight_shape),
     "net_weights_negated": ("loihi", _net_negate),

@@ -220,6 +220,10 @@ ROWS = [
     R("simulate-sync-nv-graph-weight-shape", 2, r"graph\.ir\.npz.*shape",
       lambda x: simulate(x.art("graph_weights_edited", nv=True), NV, "--engine", "sync")),
     R("route-nv-routing-truncated", 2, r"routing\.npz", lambda x: route(x.art("routing_truncated", nv=True), NV)),
+    R("route-nv-routing-schema-edited", 2, r"routing\.npz.*damaged",
+      lambda x: route(x.art("routing_schema_edited", nv=True), NV)),
+    R("simulate-nv-routing-schema-edited", 2, r"routing\.npz.*damaged",
+      lambda x: simulate(x.art("routing_schema_edited", nv=True), NV)),
     R("run-nv-net-truncated", 2, r"network\.net", lambda x: run(x.art("net_truncated", nv=True), NV)),
     R("run-nv-net-weight-shape-sim", 2, r"network\.net.*weight shape",
       lambda x: run(x.art("net_weight_shape", nv=True), NV)),
@@ -340,3 +344,4 @@ def test_debug_env_shows_the_traceback(monkeypatch):
 def test_usage_errors_stay_clicks(monkeypatch):
     res = CliRunner().invoke(_group_with(click.UsageError("bad option")), ["boom"])
     assert res.exit_code == 2 and "Error: bad option" in res.stderr
+
