@@ -111,7 +111,11 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
     result = CompileResult(Path(out_dir), {}, {}, quantized)
     with ArtifactDir(out_dir) as art:
         save_graph(quantized, art.path("graph.ir.npz"))
-        write_nir(quantized, art.path("network.nir"))
+        if has_host_ops(quantized):  # NIR has no activation × activation product: the host part is a program
+            from .host_program import write_host_program
+            write_host_program(quantized, art.tmp)
+        else:
+            write_nir(quantized, art.path("network.nir"))
         tgt.emit(quantized, art.tmp, mapping=mapping, **target_options)
         if "routing" in emit:
             from .routing import build_routing, save_routing
@@ -187,7 +191,7 @@ def verify_prepared(prepared: Prepared, quantized: ir.Graph, dataset: Dataset, *
     if runtime == "lava" and target != "loihi":
         raise NeurodeployError("--runtime lava needs --target loihi")
     schedules = tuple(schedules or TARGET_SCHEDULES[target])
-    if target != "sim":
+    if target != "sim" or has_host_products(quantized):
         schedules = tuple(s for s in schedules if s != "streaming") or TARGET_SCHEDULES[target]
     reference = capture_counts(prepared.module, prepared.graph, dataset.x)
     tgt = get_target(target)
@@ -206,6 +210,15 @@ def verify_prepared(prepared: Prepared, quantized: ir.Graph, dataset: Dataset, *
         lava = verify_lava(quantized, dataset.x)
         report.checks.append(ExtraCheck("lava_vs_simulator", bool(lava["exact"]), _lava_text(lava), lava))
     return report
+
+
+def has_host_ops(graph: ir.Graph) -> bool:
+    return any(isinstance(node, ir.HostOp) for node in graph.nodes.values())
+
+
+def has_host_products(graph: ir.Graph) -> bool:
+    """True when the host multiplies activations (streaming spike trains then mean nothing)."""
+    return any(isinstance(node, ir.HostOp) and node.bilinear for node in graph.nodes.values())
 
 
 def _lava_text(lava: dict) -> str:

@@ -214,12 +214,34 @@ class IFNeuron(Node):
                                        "takes D timesteps")
 
 
+HOST_OPS = ("permute", "matmul", "mul")
+
+
 @dataclass(eq=False)
 class HostOp(Node):
-    """An operation that cannot run on synaptic cores (e.g. spike × spike attention)."""
+    """An operation that cannot run on synaptic cores (e.g. spike × spike attention); it runs on
+    the host, exactly, on the integers it receives (spike counts or products of them).
+
+    ``op`` (per-sample tensors, batch dim not counted):
+
+    * ``'permute'`` (1 input): ``x.permute(dims)`` (transposes in the model);
+    * ``'matmul'`` (2 inputs a, b): ``a @ b`` over the last two dims (batch dims equal);
+    * ``'mul'`` (2 inputs of equal shape): element-wise ``a * b``.
+
+    Integer semantics in a quantised graph: the exact integer result times ``2**shift_q``
+    (``shift_q >= 0`` moves the product into its scale domain; None or 0 for ``permute``). Scalar
+    factors (the model's ``* scale``, the inputs' 1/norm) are not part of the op: the folding
+    passes move them into the next neuron's threshold or the next weights.
+    """
 
     op: str = ""
     reason: str = ""
+    dims: tuple = ()
+    shift_q: int | None = None
+
+    @property
+    def bilinear(self) -> bool:
+        return self.op in ("matmul", "mul")
 
 
 WEIGHT_NODES = (Conv2d, Conv1d, Linear)
@@ -376,6 +398,9 @@ class Graph:
             elif isinstance(node, Add):
                 if n_in < 2:
                     raise NeurodeployError(f"Add node has {n_in} input(s), needs >= 2", layer=name)
+            elif isinstance(node, HostOp) and node.bilinear:
+                if n_in != 2:
+                    raise NeurodeployError(f"host {node.op} has {n_in} input(s), needs 2", layer=name)
             elif n_in != 1:
                 raise NeurodeployError(f"{node.kind} node has {n_in} inputs, expected 1", layer=name)
         self.topo_order()
@@ -427,8 +452,28 @@ def output_shape(node: Node, in_shapes: list[tuple]) -> tuple:
             if tuple(other) != s:
                 raise NeurodeployError(f"Add of mismatched shapes {in_shapes}", layer=node.source)
         return s
-    # BatchNorm, Scale, IFNeuron, Output, HostOp keep the shape
+    if isinstance(node, HostOp):
+        return _host_op_shape(node, [tuple(i) for i in in_shapes])
+    # BatchNorm, Scale, IFNeuron, Output keep the shape
     return s
+
+
+def _host_op_shape(node: HostOp, in_shapes: list[tuple]) -> tuple:
+    s = in_shapes[0]
+    if node.op == "permute":
+        if sorted(node.dims) != list(range(len(s))):
+            raise NeurodeployError(f"permute dims {tuple(node.dims)} do not fit shape {s}", layer=node.source)
+        return tuple(s[d] for d in node.dims)
+    if node.op == "matmul":
+        a, b = in_shapes
+        if len(a) < 2 or a[:-2] != b[:-2] or a[-1] != b[-2]:
+            raise NeurodeployError(f"matmul of shapes {a} and {b}", layer=node.source)
+        return a[:-1] + (b[-1],)
+    if node.op == "mul":
+        if any(t != s for t in in_shapes):
+            raise NeurodeployError(f"element-wise product of shapes {in_shapes}", layer=node.source)
+        return s
+    return s  # an op without known semantics keeps its shape (refused when canonicalised)
 
 
 def infer_shapes(graph: Graph) -> Graph:

@@ -84,9 +84,24 @@ def linear_op(node: ir.Node, inputs: list[torch.Tensor], quantized: bool = False
     if isinstance(node, ir.Output):
         return x
     if isinstance(node, ir.HostOp):
-        raise NeurodeployError(f"'{node.op}' must run on the host: {node.reason}", layer=node.source,
-                               fix="deploy the part before it (--until) and run the rest on the host")
+        return host_op(node, inputs, quantized)
     raise NeurodeployError(f"no semantics for node type {node.kind}", layer=node.source)
+
+
+def host_op(node: ir.HostOp, inputs: list[torch.Tensor], quantized: bool = False) -> torch.Tensor:
+    """The host's exact semantics of a :class:`ir.HostOp` on batched inputs (see its docstring).
+    Products are taken in float64: the quantiser keeps every integer below 2**50, so they are exact."""
+    if node.op == "permute":
+        return inputs[0].permute(0, *[d + 1 for d in node.dims])
+    if node.op in ("matmul", "mul"):
+        a, b = (as_tensor(v) for v in inputs)
+        out = torch.matmul(a, b) if node.op == "matmul" else a * b
+        if quantized and node.shift_q:
+            out = out * float(2 ** int(node.shift_q))
+        return out
+    raise NeurodeployError(f"'{node.op}' must run on the host, and neurodeploy knows no exact semantics for it: "
+                           f"{node.reason}", layer=node.source,
+                           fix="deploy the part before it (--until) and run the rest on the host")
 
 
 def spike_count(node: ir.IFNeuron, current: torch.Tensor, quantized: bool = False) -> torch.Tensor:

@@ -63,7 +63,7 @@ E_AC_PJ = 0.9
 _STRUCTURAL = (ir.SumPool2d, ir.Flatten, ir.Reshape, ir.Add, ir.Scale)  # SumPool2d covers AvgPool2d
 
 COLUMNS = ("name", "kind", "source", "input", "neurons", "synapses", "input_spikes", "synops", "macs",
-           "timesteps", "neuron_updates", "spikes", "firing_rate", "energy_pj")
+           "timesteps", "neuron_updates", "spikes", "firing_rate", "energy_pj", "host_macs")
 
 
 @dataclass
@@ -84,6 +84,7 @@ class LayerProfile:
     spikes: float | None = None
     firing_rate: float | None = None
     energy_pj: float | None = None
+    host_macs: float | None = None   # host products (spike-driven attention), not chip work
 
 
 @dataclass
@@ -94,6 +95,7 @@ class ProfileReport:
     e_ac_pj: float = E_AC_PJ
     n_samples: int = 1
     notes: list[str] = field(default_factory=list)
+    host: dict | None = None  # host work and the values crossing chip <-> host (None: no host ops)
 
     def row(self, name: str) -> LayerProfile:
         for r in self.layers:
@@ -109,6 +111,7 @@ class ProfileReport:
                        "per": "sample (mean over the batch)", "energy": "E_MAC*MACs + E_AC*SynOps (pJ)",
                        "synops": "sum over input spikes of exact fan-out (value x fan-out)"},
             "notes": list(self.notes),
+            **({"host": self.host} if self.host else {}),
         }
 
     def format(self, fmt: str = "table") -> str:
@@ -125,7 +128,7 @@ class ProfileReport:
             return buf.getvalue()
         if fmt == "table":
             head = ("layer", "kind", "source", "input", "neurons", "synapses", "in_spikes", "SynOps",
-                    "MACs", "D", "updates", "spikes", "rate", "energy_pJ")
+                    "MACs", "D", "updates", "spikes", "rate", "energy_pJ", "host_MACs")
             cells = [list(head)] + [[_cell(getattr(r, c)) for c in COLUMNS] for r in rows]
             widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
             left = {0, 1, 2, 3}
@@ -140,6 +143,12 @@ class ProfileReport:
             out.append(f"per sample (mean of {self.n_samples}); E_MAC={self.e_mac_pj:g} pJ, "
                        f"E_AC={self.e_ac_pj:g} pJ; energy = E_MAC*MACs + E_AC*SynOps")
             out += [f"note: {n}" for n in self.notes]
+            if self.host:
+                h = self.host
+                out.append(f"host (not in SynOps/energy): {_cell(h['macs'])} MACs in {h['products']} products; "
+                           f"chip -> host {_cell(h['to_host_values'])} values ({_cell(h['to_host_spikes'])} spikes), "
+                           f"host -> chip {_cell(h['from_host_values'])} values ({_cell(h['from_host_spikes'])} "
+                           f"spikes) per sample")
             return "\n".join(out) + "\n"
         raise NeurodeployError(f"unknown profile format {fmt!r}", fix="use 'table', 'json' or 'csv'")
 
@@ -332,7 +341,8 @@ def profile(graph: ir.Graph, values: dict, *, e_mac_pj: float = E_MAC_PJ, e_ac_p
                 timesteps=int(node.max_spikes), neuron_updates=upd, spikes=spikes,
                 firing_rate=spikes / upd if upd else 0.0))
 
-    w_rows = [r for r in rows if r.kind != "IFNeuron"]
+    host = _host_summary(g, val, rows)
+    w_rows = [r for r in rows if r.kind not in ("IFNeuron", "HostOp")]
     n_rows = [r for r in rows if r.kind == "IFNeuron"]
     tot_upd = sum(r.neuron_updates for r in n_rows)
     tot_spk = math.fsum(r.spikes for r in n_rows)
@@ -343,5 +353,38 @@ def profile(graph: ir.Graph, values: dict, *, e_mac_pj: float = E_MAC_PJ, e_ac_p
         synops=math.fsum(r.synops for r in w_rows), macs=math.fsum(r.macs for r in w_rows),
         neuron_updates=tot_upd, spikes=tot_spk, firing_rate=tot_spk / tot_upd if tot_upd else None,
         energy_pj=math.fsum(r.energy_pj for r in w_rows))
+    if host:
+        totals.host_macs = host["macs"]
     return ProfileReport(layers=rows, totals=totals, e_mac_pj=float(e_mac_pj), e_ac_pj=float(e_ac_pj),
-                         n_samples=int(n_samples or 1), notes=notes)
+                         n_samples=int(n_samples or 1), notes=notes, host=host)
+
+
+def _host_summary(g: ir.Graph, val, rows: list) -> dict | None:
+    """Host rows (one per product, after the chip rows) and the cut tensors."""
+    from .passes.partition import host_macs, partition
+
+    part = partition(g)
+    if part.empty:
+        return None
+    products = [n for n in part.host if isinstance(g.nodes[n], ir.HostOp) and g.nodes[n].bilinear]
+    for n in products:
+        rows.append(LayerProfile(name=n, kind="HostOp", source=",".join(g.inputs_of(n)), input="host",
+                                 neurons=0, host_macs=float(host_macs(g, n))))
+
+    def crossing(names):
+        values = sum(int(np.prod(g.nodes[n].shape)) for n in names)
+        spikes = 0.0
+        for n in names:
+            src = n
+            while isinstance(g.nodes[src], (ir.Flatten, ir.Reshape)):
+                src = g.inputs_of(src)[0]
+            if isinstance(g.nodes[src], ir.IFNeuron):
+                spikes += float(val(src).flatten(1).sum(1).mean())
+        return values, spikes
+
+    to_v, to_s = crossing(part.to_host)
+    from_v, from_s = crossing(part.from_host)
+    return {"macs": float(sum(host_macs(g, n) for n in products)), "products": len(products),
+            "host_nodes": list(part.host), "to_host": list(part.to_host), "from_host": list(part.from_host),
+            "to_host_values": to_v, "to_host_spikes": to_s, "from_host_values": from_v,
+            "from_host_spikes": from_s}

@@ -156,14 +156,14 @@ def test_maxpool_rejected_with_module_path():
     assert "AvgPool2d" in e.value.fix and "stride-2" in e.value.fix
 
 
-def test_attention_is_a_host_op_with_until_suggestion():
+def test_attention_becomes_host_ops():
+    # issue 9: activation × activation products are host ops in the IR, not an error
     model = M.AttnNet().eval()
-    with pytest.raises(HostOpError) as e:
-        from_torch(model, (1, 4, 4))
-    assert "host" in str(e.value)
-    assert e.value.layer.startswith("attn")
-    assert "--until patch_embed" in e.value.fix
-    g = from_torch(model, (1, 4, 4), until=e.value.until)
+    g = from_torch(model, (1, 4, 4))
+    host = {n: node for n, node in g.nodes.items() if isinstance(node, ir.HostOp)}
+    assert sorted(node.op for node in host.values() if node.op != "permute") == ["matmul", "matmul"]
+    assert all(node.source.startswith("attn") for node in host.values())
+    g = from_torch(model, (1, 4, 4), until="patch_embed")
     assert g.neurons() == ["patch_embed.2"]
 
 

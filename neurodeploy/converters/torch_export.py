@@ -69,11 +69,16 @@ class _Poison:
 
 @dataclass
 class _T(_Poison):
-    """A transposed view of a 2-d per-sample tensor (token-major ``(N, C)`` of a channel-first
-    ``(C, N)`` IR value ``base``). Linear layers, scalings, residual adds and activations on it are
-    converted on ``base`` (Linear → 1×1 Conv1d); anything else raises ``exc``."""
+    """A transposed view ``base.permute(perm)`` (per-sample dims) of the IR value ``base``, kept
+    lazy. For a 2-d token-major ``(N, C)`` view of a channel-first ``(C, N)`` value, Linear layers,
+    scalings, residual adds and activations on it are converted on ``base`` (Linear → 1×1
+    Conv1d); element-wise activations and scalings work on any view. A reshape or an
+    activation × activation product of a view makes it a host ``permute``
+    (:class:`ir.HostOp`); anything else raises ``exc``."""
 
     base: _V = None
+    perm: tuple = (1, 0)
+    origin: Any = None  # the fx node of the (last) transpose, for naming the host permute
 
 
 def _is_data(v) -> bool:
@@ -417,16 +422,19 @@ class _Converter:
             if len(data) == 1 and poisons:
                 vals = list(args.values())
                 if op in ("matmul", "mm") and isinstance(vals[0], _T) and isinstance(vals[1], torch.Tensor) \
-                        and vals[1].dim() == 2:  # token-major x @ W: a linear layer
+                        and vals[1].dim() == 2 and vals[0].perm == (1, 0):  # token-major x @ W: a linear layer
                     out = self.transposed(n, "linear", {"weight": vals[1].t(), "bias": None}, data)
                     if out is not None:
                         return out
                 return poisons[0]
+            if poisons:
+                return self.convert_materialised(n)
             return self.host_product(n, op, args, data)
         if any(isinstance(p, _T) for p in poisons):
             out = self.transposed(n, op, args, data)
             if out is not None:
                 return out
+            return self.convert_materialised(n)
         if poisons:
             return min(poisons, key=lambda p: p.order)
         # integer activation patterns first
@@ -445,6 +453,13 @@ class _Converter:
                            fix="rewrite this part of the model with supported ops (conv, linear, batch norm, "
                                "avg/sum pooling, add, reshape, SFA activations) or cut before it with --until")
         return handler(n, args)
+
+    def convert_materialised(self, n):
+        """Convert ``n`` after turning its lazy transposed inputs into host permutes."""
+        for m in n.all_input_nodes:
+            if isinstance(self.env.get(m), _T):
+                self.env[m] = self.materialise(self.env[m])
+        return self.convert(n)
 
     # -- activations -------------------------------------------------------------------------------
     def _single_user(self, m):
@@ -581,7 +596,7 @@ class _Converter:
             self.fx2name[m.name] = name
         v = _V(name, src_input.shape)
         if wrap is not None:
-            v = _T(wrap.exc, wrap.order, True, v)
+            v = _T(wrap.exc, wrap.order, True, v, wrap.perm, wrap.origin)
             neuron.meta["transposed"] = True  # the model's tensor is this neuron's (C, N) transposed
         for m in chain[1:-1]:
             self.skip.add(m)  # intermediate pattern nodes (single-user chain)
@@ -609,37 +624,42 @@ class _Converter:
             return None
         t = ts[0]
         if op in ("transpose", "permute", "t"):
-            nd = 3
+            nd = len(t.perm) + 1
             if op == "permute":
                 perm = [p % nd for p in a["dims"]]
             else:
-                d0, d1 = (a["dim0"] % nd, a["dim1"] % nd) if op == "transpose" else (1, 2)
+                d0, d1 = (a["dim0"] % nd, a["dim1"] % nd) if op == "transpose" else (nd - 2, nd - 1)
                 perm = list(range(nd))
                 perm[d0], perm[d1] = perm[d1], perm[d0]
-            return t.base if perm == [0, 2, 1] else None
+            if perm[0] != 0:
+                return None
+            composed = tuple(t.perm[p - 1] for p in perm[1:])
+            if composed == tuple(range(len(composed))):
+                return t.base
+            return _T(t.exc, t.order, True, t.base, composed, n)
         if op in PASSTHROUGH or op in ("dropout", "clone", "detach", "contiguous", "alias"):
             return t
         act = self.match_activation(n)
         if act is not None:
             return act
+        if op in ("mul", "div") and len(data) == 1:
+            other = a["other"] if a["self"] is t else a["self"]
+            s = _scalar(other)
+            if s is None or (op == "div" and a["self"] is not t):
+                return None
+            v = self._scale(n, t.base, s, invert=(op == "div"))
+            return _T(t.exc, t.order, True, v, t.perm, t.origin)
+        if op == "add" and len(ts) == 2 and ts[0].perm == ts[1].perm \
+                and tuple(ts[0].base.shape) == tuple(ts[1].base.shape) and (a.get("alpha") in (None, 1)):
+            v = self.emit(n, ir.Add(), [ts[0].base, ts[1].base], "add", shape=ts[0].base.shape)
+            return _T(t.exc, t.order, True, v, t.perm, t.origin)
+        if t.perm != (1, 0):
+            return None
         if op == "linear" and not _is_data(a["weight"]) and not _is_data(a.get("bias")):
             w, b = a["weight"], a.get("bias")
             node = ir.Conv1d(weight=_np(w)[:, :, None].copy(), bias=_np(b))
             v = self.emit(n, node, [t.base], "linear", shape=(int(w.shape[0]), t.base.shape[1]))
-            return _T(t.exc, t.order, True, v)
-        if op in ("mul", "div") and len(data) == 1:
-            other = a["other"] if a["self"] is t else a["self"]
-            if op == "div" and a["self"] is not t:
-                return None
-            s = _scalar(other)
-            if s is None:
-                return None
-            v = self._scale(n, t.base, s, invert=(op == "div"))
-            return _T(t.exc, t.order, True, v)
-        if op == "add" and len(ts) == 2 and tuple(ts[0].base.shape) == tuple(ts[1].base.shape) \
-                and (a.get("alpha") in (None, 1)):
-            v = self.emit(n, ir.Add(), [ts[0].base, ts[1].base], "add", shape=ts[0].base.shape)
-            return _T(t.exc, t.order, True, v)
+            return _T(t.exc, t.order, True, v, t.perm, t.origin)
         if op == "mean" and len(ts) == 1:
             dims = a.get("dim")
             dims = [dims] if isinstance(dims, int) else list(dims or [])
@@ -649,10 +669,30 @@ class _Converter:
 
     # -- host products (attention) -------------------------------------------------------------------
     def host_product(self, n, op, args, data):
+        """An activation × activation product: a :class:`ir.HostOp` (exact on integer counts)."""
         if len(data) == 1:
             if op in ("mm", "matmul", "bmm"):
                 return self.op_matmul(n, args)
             raise self.err(n, f"unsupported op '{op}'")
+        a, b = data
+        if op in ("matmul", "bmm") and len(a.shape) >= 2 and a.shape[:-2] == b.shape[:-2] \
+                and a.shape[-1] == b.shape[-2]:
+            return self.emit(n, ir.HostOp(op="matmul", reason="activation × activation matmul (spike-driven "
+                                          "self-attention q·kᵀ or attn·v): not a weight×spike synapse"),
+                             [a, b], "matmul")
+        if op == "mul" and tuple(a.shape) == tuple(b.shape):
+            return self.emit(n, ir.HostOp(op="mul", reason="element-wise product of two activation tensors: "
+                                          "not a weight×spike synapse"), [a, b], "mul")
+        return self.host_refusal(n, op)
+
+    def materialise(self, t: _T) -> _V:
+        """A lazy transposed view becomes a host permute (a layout change the cores do not make)."""
+        shape = tuple(t.base.shape[p] for p in t.perm)
+        node = ir.HostOp(op="permute", dims=tuple(t.perm),
+                         reason="transpose of an activation tensor feeding a reshape or an activation product")
+        return self.emit(t.origin, node, [t.base], "permute", shape=shape)
+
+    def host_refusal(self, n, op):
         if op in ("mul", "div"):
             kind = "element-wise product of two activation tensors"
         else:
@@ -942,9 +982,7 @@ class _Converter:
         e = self.err(n, f"'{_opname(n.target)}' of an activation tensor (dims {perm}): the IR has no transpose",
                      fix="keep tensors channel-first (use Conv1d/1x1 conv instead of Linear on transposed "
                          "tokens) or cut before it with --until")
-        if len(x.shape) == 2 and perm == [0, 2, 1]:
-            return _T(e, self.order[n], True, x)
-        return _Poison(e, self.order[n], soft=True)
+        return _T(e, self.order[n], True, x, tuple(p - 1 for p in perm[1:]), n)
 
     def op_permute(self, n, a):
         return self._permute(n, a["self"], list(a["dims"]))
@@ -1167,6 +1205,8 @@ def _export(module, input_shape):
 def _finish(conv: _Converter, out_nodes: list) -> ir.Graph:
     g = conv.graph
     for i, (fxn, v) in enumerate(out_nodes):
+        if isinstance(v, _T):
+            v = conv.materialise(v)
         if isinstance(v, _Poison):
             raise v.exc
         if not isinstance(v, _V):

@@ -170,11 +170,39 @@ def _push_forward(g: ir.Graph, start: str, f: np.ndarray, dry: bool) -> str | No
             why = _push_forward(g, c, f.reshape(node.shape), dry)
             if why:
                 return why
+        elif isinstance(node, ir.HostOp) and node.op in ir.HOST_OPS:
+            why = _push_through_host(g, c, node, f, dry)
+            if why:
+                return why
+        elif isinstance(node, ir.IFNeuron) and _uniform(f):
+            # a neuron's single input scaled by s: the same spikes with threshold and v_init / s
+            if not dry:
+                _scale_neuron_input(node, float(f.reshape(-1)[0]), start)
         elif isinstance(node, ir.Output):
             return "output"
         else:
             return f"{c} ({node.kind})"
     return None
+
+
+def _uniform(f: np.ndarray) -> bool:
+    return f.size > 0 and bool(np.all(f == f.reshape(-1)[0]))
+
+
+def _scale_neuron_input(nrn: ir.IFNeuron, s: float, what: str) -> None:
+    nrn.threshold = nrn.threshold / s
+    nrn.v_init = nrn.v_init / s
+    nrn.meta.setdefault("folded", []).append(f"scale:{what}={s!r}")
+
+
+def _push_through_host(g: ir.Graph, name: str, node: ir.HostOp, f: np.ndarray, dry: bool) -> str | None:
+    """Host ops are linear in each input: a permute permutes the factor, a product passes a scalar
+    factor of either input on to its output."""
+    if node.op == "permute":
+        return _push_forward(g, name, np.transpose(f, node.dims), dry)
+    if not _uniform(f):
+        return f"{name} (host {node.op}) needs a scalar factor"
+    return _push_forward(g, name, np.full(node.shape, float(f.reshape(-1)[0])), dry)
 
 
 def _push_backward(g: ir.Graph, name: str, f: np.ndarray, dry: bool = False) -> str | None:
@@ -293,6 +321,12 @@ def fold_norms(graph: ir.Graph) -> ir.Graph:
                         _scale_weight_inputs(node, np.full(g.nodes[start].shape, inv))
                 elif isinstance(node, (ir.SumPool2d, ir.Flatten, ir.Reshape, ir.Scale)):  # linear: commute
                     visit(c, dry)
+                elif isinstance(node, ir.HostOp) and node.op in ir.HOST_OPS:  # linear in each input
+                    visit(c, dry)
+                elif isinstance(node, ir.IFNeuron):
+                    # reached through host ops / reshapes (no Add): its whole input carries 1/norm
+                    if not dry:
+                        _scale_neuron_input(node, inv, f"norm:{name}")
                 elif isinstance(node, ir.Output):
                     if not dry:
                         out_paths.append(c)
@@ -317,10 +351,10 @@ def fold_norms(graph: ir.Graph) -> ir.Graph:
 
 def check_canonical(graph: ir.Graph) -> None:
     for name, node in graph.nodes.items():
-        if isinstance(node, ir.HostOp):
+        if isinstance(node, ir.HostOp) and node.op not in ir.HOST_OPS:
             raise HostOpError(f"'{node.op}' must run on the host: {node.reason}", layer=node.source or name,
                               fix="deploy the part before it (--until) and run the rest on the host")
-        if not isinstance(node, CANONICAL_TYPES) or isinstance(node, ir.AvgPool2d):
+        if not isinstance(node, CANONICAL_TYPES + (ir.HostOp,)) or isinstance(node, ir.AvgPool2d):
             raise UnsupportedOpError(f"{node.kind} left after canonicalisation", layer=node.source or name)
         if isinstance(node, ir.IFNeuron):
             if node.norm != 1:

@@ -69,7 +69,7 @@ def scale_domains(graph: ir.Graph) -> tuple[dict[str, str], dict[str, list[str]]
     for n in order:
         uf.find(n)
         node = graph.nodes[n]
-        if isinstance(node, (ir.Input, ir.IFNeuron) + ir.WEIGHT_NODES):
+        if isinstance(node, (ir.Input, ir.IFNeuron) + ir.WEIGHT_NODES) or _is_product(node):
             continue
         for i in graph.inputs_of(n):
             uf.union(n, i)
@@ -78,6 +78,26 @@ def scale_domains(graph: ir.Graph) -> tuple[dict[str, str], dict[str, list[str]]
     for n in order:
         members.setdefault(dom[n], []).append(n)
     return dom, members
+
+
+def _is_product(node: ir.Node) -> bool:
+    """A host activation × activation product starts a scale domain (like a weight layer)."""
+    return isinstance(node, ir.HostOp) and node.bilinear
+
+
+def _product_bound(graph: ir.Graph, n: str, node: ir.HostOp, ins: list):
+    k = graph.nodes[graph.inputs_of(n)[0]].shape[-1] if node.op == "matmul" else 1
+    return ins[0] * ins[1] * k * 2 ** int(node.shift_q or 0)
+
+
+def _place_products(g: ir.Graph, dom: dict, F: dict) -> None:
+    """A product's integer is exact at the sum of its inputs' fractional bits; one feeding another
+    product stays there (shift 0), the last one may shift left into its domain's headroom."""
+    products = [n for n in g.topo_order() if _is_product(g.nodes[n])]
+    feeding = {dom[i] for p in products for i in g.inputs_of(p)}
+    for p in products:
+        exact = sum(F[dom[i]] for i in g.inputs_of(p))
+        F[dom[p]] = exact if dom[p] in feeding else max(F[dom[p]], exact)
 
 
 def _propagate_bounds(graph: ir.Graph, in_bound, weight_bound) -> dict[str, float | int]:
@@ -98,6 +118,8 @@ def _propagate_bounds(graph: ir.Graph, in_bound, weight_bound) -> dict[str, floa
             B[n] = ins[0] * node.kernel[0] * node.kernel[1]
         elif isinstance(node, ir.Add):
             B[n] = sum(ins)
+        elif _is_product(node):
+            B[n] = _product_bound(graph, n, node, ins)
         else:
             B[n] = ins[0]
     return B
@@ -183,7 +205,7 @@ def quantize_fixed_point(graph: ir.Graph, calibration=None, *, input_frac_bits: 
 
     # domains holding spike counts (an IF neuron's output) have the fixed scale 1
     fixed = {dom[n]: 0 for n, node in g.nodes.items() if isinstance(node, ir.IFNeuron)}
-    weight_domains = {dom[n] for n in g.of_type(*ir.WEIGHT_NODES)}
+    weight_domains = {dom[n] for n in g.of_type(*ir.WEIGHT_NODES)} | {dom[n] for n in g.nodes if _is_product(g.nodes[n])}
     # conflicts: a weight domain that also contains spike counts (neuron output added to a pre-activation)
     for d, mem in members.items():
         has_w = any(isinstance(g.nodes[m], ir.WEIGHT_NODES) for m in mem)
@@ -221,6 +243,7 @@ def quantize_fixed_point(graph: ir.Graph, calibration=None, *, input_frac_bits: 
             for c in feeds.get(d, []):
                 f = min(f, fmax[c] // 2)
             F[d] = f
+    _place_products(g, dom, F)
     free = [d for d in members if d != d_in and d not in fixed and d in weight_domains]
     in_domain_weights = any(isinstance(g.nodes[m], ir.WEIGHT_NODES) for m in members[d_in])
     if in_domain_weights:
@@ -234,6 +257,15 @@ def quantize_fixed_point(graph: ir.Graph, calibration=None, *, input_frac_bits: 
             node.weight_q = np.rint(np.ldexp(np.asarray(node.weight, np.float64), fo - fi)).astype(np.int64)
             node.bias_q = (None if node.bias is None else
                            np.rint(np.ldexp(np.asarray(node.bias, np.float64), fo)).astype(np.int64))
+        for n in g.nodes:
+            if _is_product(g.nodes[n]):
+                shift = F[dom[n]] - sum(F[dom[i]] for i in g.inputs_of(n))
+                if shift < 0:
+                    raise NeurodeployError(
+                        f"the host product needs {-shift} more fractional bits than its scale domain has",
+                        layer=g.nodes[n].source or n, fix="multiply spike counts (activation outputs), not "
+                                                          "pre-activation currents, on the host")
+                g.nodes[n].shift_q = int(shift)
         for n in g.neurons():
             node = g.nodes[n]
             f = F[dom[g.inputs_of(n)[0]]]

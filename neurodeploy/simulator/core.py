@@ -642,6 +642,11 @@ class _NeedZeros(Exception):
 
 
 def _streaming(graph: ir.Graph, x: torch.Tensor, quantized: bool, record: bool, horizon: int | None, ex: _Exec):
+    host = [n for n, node in graph.nodes.items() if isinstance(node, ir.HostOp) and node.bilinear]
+    if host:  # a product of spike trains is not the product of spike counts
+        raise NeurodeployError("the streaming schedule has no meaning for host products: the host multiplies "
+                               "whole spike counts", layer=graph.nodes[host[0]].source or host[0],
+                               fix="simulate with schedule='sync' (the layer barrier)")
     order = graph.topo_order()
     B = x.shape[0]
     neurons = [n for n in order if isinstance(graph.nodes[n], ir.IFNeuron)]

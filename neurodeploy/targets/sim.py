@@ -74,10 +74,10 @@ class SimTarget(Target):
 
         out = []
         for name, node in graph.nodes.items():
-            if isinstance(node, ir.HostOp):
+            if isinstance(node, ir.HostOp) and node.op not in ir.HOST_OPS:
                 out.append(f"layer '{node.source or name}': '{node.op}' must run on the host ({node.reason}); "
                            "fix: deploy the part before it (--until)")
-            elif not isinstance(node, CANONICAL_TYPES) or isinstance(node, ir.AvgPool2d):
+            elif not isinstance(node, CANONICAL_TYPES + (ir.HostOp,)) or isinstance(node, ir.AvgPool2d):
                 out.append(f"layer '{node.source or name}': {node.kind} is not canonical; "
                            "fix: run neurodeploy.passes.canonicalize")
             elif isinstance(node, ir.IFNeuron) and node.norm != 1:

@@ -1,0 +1,137 @@
+"""Issue 9: real E-SpikeFormer code (examples/espikeformer.py, tiny widths) compiles as written:
+pooled heads on residual sums, spike-driven attention as exact host ops."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from demo_helpers import EX, load_example
+
+import neurodeploy.api as nd
+from neurodeploy import ir, ops
+from neurodeploy.converters import capture_counts, from_torch
+from neurodeploy.passes import canonicalize
+from neurodeploy.passes.partition import partition
+from neurodeploy.targets import get_target
+
+E = load_example("espikeformer.py", "espikeformer_example")
+ARCH = os.path.join(EX, "espikeformer.py") + ":build_model"
+SHAPE = (3, E.TINY["img"], E.TINY["img"])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return E.build_tiny_model()
+
+
+@pytest.fixture(scope="module")
+def x():
+    return E.random_images(6, E.TINY["img"], seed=1)
+
+
+@pytest.fixture(scope="module")
+def graphs(model):
+    g = from_torch(model, SHAPE)
+    return g, canonicalize(g)
+
+
+@pytest.fixture(scope="module")
+def quantized(graphs, x):
+    return get_target("sim").quantize(graphs[1], calibration=x)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, model, x):
+    d = tmp_path_factory.mktemp("esf")
+    torch.save({"model": model.state_dict(), "input_shape": list(SHAPE)}, d / "esf.pt")
+    np.savez(d / "data.npz", x=x)
+    return d
+
+
+def _arch_kwargs():
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in E.TINY.items()}
+
+
+@pytest.fixture(scope="module")
+def compiled(checkpoint):
+    out = checkpoint / "out"
+    res = nd.compile(checkpoint / "esf.pt", arch=ARCH, arch_kwargs=_arch_kwargs(), target="sim", out_dir=out,
+                     data=checkpoint / "data.npz", verify=True)
+    return out, res
+
+
+def test_pooled_head_on_residual_sum_folds_into_the_activation(graphs):
+    g, c = graphs
+    head = c.nodes["head_spike"]
+    n_tokens = (E.TINY["img"] // 16) ** 2
+    # mean over tokens (1/N) and the MultiSpike norm of the sum are in the threshold / next weights
+    assert head.threshold == pytest.approx(n_tokens)
+    assert not any(isinstance(n, ir.Scale) for n in c.nodes.values())
+    assert isinstance(c.nodes[c.inputs_of(c.inputs_of("head_spike")[0])[0]], ir.SumPool2d)
+
+
+def test_attention_products_are_host_ops_with_module_sources(graphs):
+    g, c = graphs
+    host = [n for n in c.nodes.values() if isinstance(n, ir.HostOp)]
+    assert sorted({n.op for n in host}) == ["matmul", "permute"]
+    assert sum(n.op == "matmul" for n in host) == 4   # q·kᵀ and ·v in block3.0 and block4.0
+    assert {n.source for n in host} == {"block3.0.attn", "block4.0.attn"}
+    part = partition(c)
+    assert "block3.0.attn.attn_spike" in part.host    # the host applies the attention's activation
+    assert {c.nodes[n].source for n in part.to_host} >= {"block3.0.attn.q_spike", "block3.0.attn.k_spike",
+                                                         "block3.0.attn.v_spike"}
+
+
+def test_sim_counts_equal_the_model_layer_by_layer(model, graphs, compiled, x):
+    res = compiled[1]
+    sync = res.verify["sync"]
+    assert sync.exact and {lr.layer for lr in sync.layers} == set(res.quantized.neurons())
+    # the attention activations fire (the comparison is not vacuous)
+    ref = capture_counts(model, graphs[0], x)
+    assert ref["block3.0.attn.attn_spike"].sum() > 0 and ref["block4.0.attn.attn_spike"].sum() > 0
+
+
+def test_host_product_equals_torch_on_integer_counts(model, quantized, x):
+    vals = ops.evaluate(quantized, x)
+    q, k, v = (vals[f"block3.0.attn.{s}_spike"] for s in "qkv")     # integer counts (B, C, H, W)
+    heads = E.TINY["num_heads"]
+    B, C = q.shape[:2]
+
+    def split(t):  # the model's own head split, on the integer counts
+        return t.flatten(2).transpose(-1, -2).reshape(B, -1, heads, C // heads).permute(0, 2, 1, 3)
+
+    want = (split(q) @ split(k).transpose(-2, -1)) @ split(v)
+    node = quantized.nodes["block3.0.attn.matmul_1"]
+    got = vals["block3.0.attn.matmul_1"] / 2.0 ** node.shift_q
+    assert torch.equal(got, want.to(got.dtype))
+    assert torch.equal(got, torch.round(got))
+
+
+def test_compile_sim_end_to_end_with_verify_and_host_profile(compiled):
+    out, res = compiled
+    assert res.verify.ok()
+    assert "streaming" not in res.verify.schedules   # spike trains cannot be multiplied
+    host = res.profile.host
+    assert host["products"] == 4 and host["macs"] > 0
+    assert host["to_host_values"] > 0 and host["from_host_values"] > 0
+    assert "host (not in SynOps/energy)" in res.profile.format("table")
+    prof = json.loads((out / "profile.json").read_text())
+    assert prof["host"]["macs"] == host["macs"]
+
+
+def test_exported_host_program_reproduces_the_host_part(compiled, x):
+    from neurodeploy.host_program import load_host_program
+    from neurodeploy.ir_io import load_graph
+
+    out, res = compiled
+    g = load_graph(out / "graph.ir.npz")
+    desc = json.loads((out / "host_interface.json").read_text())
+    vals = ops.evaluate(g, x)
+    args = [vals[t["name"]].to(torch.float64) for t in desc["to_host"]]
+    got = load_host_program(out / desc["program"])(*args)
+    assert len(got) == len(desc["from_host"]) > 0
+    for t, v in zip(desc["from_host"], got):
+        assert list(v.shape[1:]) == t["shape"]
+        assert torch.equal(v, vals[t["name"]].to(torch.float64)), t["name"]
+    assert any(t["kind"] == "spike counts" for t in desc["from_host"])
