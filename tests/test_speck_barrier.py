@@ -108,3 +108,46 @@ def test_hold_that_does_not_fit_names_the_layer():
         plan_barrier(qg, input_bound=16)
     qg2, plan = quantize_for_barrier(g, input_bound=16)  # shrinks the scale until it fits
     assert plan.layers["fc"].hold.max() > 0 and qg2.metadata["quantization"]["barrier_scales"]["fc"] < 1
+
+
+def test_artefact_carries_the_barrier_and_the_simulator_runs_its_files(tmp_path):
+    import json
+
+    from neurodeploy.targets import get_target
+    from neurodeploy.targets.speck import examples
+    from neurodeploy.targets.speck.host import load_artefact, sample_event_stream
+    from neurodeploy.targets.speck.simulate import input_counts
+    g = examples.conv_net(weight_scale=1.0)
+    x = examples.random_counts(g, 4)
+    t = get_target("speck")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpeckQuantizationWarning)
+        qg = t.quantize(g)
+        paths = t.emit(qg, tmp_path)
+    assert "speck_host_program" in paths
+    art = load_artefact(tmp_path)
+    plan = plan_barrier(qg)
+    conf = art["config"]
+    for lname, lb in plan.layers.items():
+        core = conf["cores"][str(conf["layer_to_core"][lname])]
+        w = np.array(core["weights"])  # [f][c][x][y]: the gate columns after the layer's own channels
+        assert w.shape[1] == lb.channels_in + len(lb.gates)
+        assert core["dimensions"]["input_shape"]["feature_count"] == w.shape[1]
+        for gf in lb.gates:
+            col = w[:, gf.feature]
+            assert np.count_nonzero(col.reshape(col.shape[0], -1), axis=1).tolist() == [1] * col.shape[0]
+            assert np.array_equal(col[:, lb.tap[1], lb.tap[0]], gf.weights)
+        init = np.array(core["neurons_initial_value"])  # [f][x][y]
+        v0 = qg.nodes[lb.neuron].v_init_q + (qg.nodes[lname].bias_q if qg.nodes[lname].bias_q is not None else 0)
+        assert np.array_equal(init[:, 0, 0], v0 - lb.hold)
+    prog = art["host_program"]
+    assert prog["format_version"] == 1 and prog["host_events_per_sample"] == plan.host_events()
+    assert "reset_states" in prog["before_each_sample"]["why"]
+    ev = sample_event_stream(art, input_counts(qg, x)[0])
+    n_in = int(input_counts(qg, x)[0].sum())
+    assert len(ev) == n_in + plan.host_events() and np.all(np.diff(ev["timestamp"]) >= 0)
+    from_files = simulate_barrier(qg, x, artefact=art)
+    direct = simulate_barrier(qg, x)
+    for n in qg.neurons():
+        assert np.array_equal(from_files.counts[n].numpy(), direct.counts[n].numpy())
+    json.dumps(prog)

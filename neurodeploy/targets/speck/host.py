@@ -123,22 +123,44 @@ def barrier_artefact(graph: ir.Graph, plan: BarrierPlan | None = None, *, core_m
     if bias_mode != "initial":
         raise NeurodeployError("the layer barrier needs the bias in the initial value (bias_mode='initial'): a "
                                "leak bias keeps acting while the neurons are held", fix="use bias_mode='initial'")
+    from .barrier import barrier_core_map
     rep = drc.run_drc(graph.copy(), core_map)
     rep.raise_if_failed()
     plan = plan or plan_barrier(graph, **plan_options)
+    rep = drc.run_drc(graph.copy(), barrier_core_map(rep.net, plan, core_map))
+    rep.raise_if_failed()
     conf = build_config(graph, rep.net, CoreMapping(rep.layer_to_core, {}), bias_mode=bias_mode)
     apply_barrier(conf, graph, plan)
     return {"config": conf, "host_program": host_program(conf, plan), "plan": plan}
 
 
-def stream_to_engine(events: np.ndarray, artefact: dict, graph: ir.Graph, gate_ids: dict) -> tuple:
+def engine_gates(artefact: dict) -> tuple[list, dict]:
+    """The gate features as the artefact writes them: ([(neuron, weights)] for ``EventEngine(gates=)``,
+    {(core, feature): (gate index, tap (ky, kx), stride (y, x), padding (y, x), output width)}),
+    read from the host program's rounds and the gate columns of the core's weights."""
+    conf, prog = artefact["config"], artefact["host_program"]
+    gates, ids = [], {}
+    for ph in prog["release"]:
+        core = conf["cores"][str(ph["core"])]
+        w = np.asarray(core["weights"])  # [f][c][x][y]
+        dims = core["dimensions"]
+        for rnd in ph["rounds"]:
+            key = (int(ph["core"]), int(rnd["feature"]))
+            if key in ids:
+                continue
+            kx, ky = np.argwhere(np.any(w[:, rnd["feature"]] != 0, axis=0))[0]
+            ids[key] = (len(gates), (int(ky), int(kx)), (dims["stride"]["y"], dims["stride"]["x"]),
+                        (dims["padding"]["y"], dims["padding"]["x"]), dims["output_shape"]["size"]["x"])
+            gates.append((core["neuron"], np.asarray(rnd["weights_per_channel"], np.int64)))
+    return gates, ids
+
+
+def stream_to_engine(events: np.ndarray, artefact: dict, gate_ids: dict) -> tuple:
     """(codes, timestamps) for ``EventEngine.run(stream=...)``: input events of the first input core
     become flat input addresses, gate events ``gate_code(gid, output position)``; events of other
     input cores are the same input pooled (the engine routes the input to every destination)."""
     from ...engine import EventEngine
     conf = artefact["config"]
-    l2c = conf["layer_to_core"]
-    c2l = {v: k for k, v in l2c.items()}
     dests = conf["input"]["destinations"]
     in_core = dests[0]["core"]
     if dests[0]["pooling"] != 1:
@@ -151,14 +173,13 @@ def stream_to_engine(events: np.ndarray, artefact: dict, graph: ir.Graph, gate_i
     feat = ev["feature"].astype(np.int64)
     is_in = (core == in_core) & (feat < C)
     codes[is_in] = (feat[is_in] * H + ev["y"][is_in]) * W + ev["x"][is_in]
-    for (c, f), (gid, lb) in gate_ids.items():
+    for (c, f), (gid, tap, s, p, wo) in gate_ids.items():
         sel = (core == c) & (feat == f)
         if not np.any(sel):
             continue
-        s, p = graph_stride_pad(graph, c2l[c])
-        oy = (ev["y"][sel] + p[0] - lb.tap[0]) // s[0]
-        ox = (ev["x"][sel] + p[1] - lb.tap[1]) // s[1]
-        codes[sel] = EventEngine.gate_code(gid, oy * lb.out_shape[2] + ox)
+        oy = (ev["y"][sel] + p[0] - tap[0]) // s[0]
+        ox = (ev["x"][sel] + p[1] - tap[1]) // s[1]
+        codes[sel] = EventEngine.gate_code(gid, oy * wo + ox)
     keep = codes != np.iinfo(np.int64).max
     other = ~keep & ~np.isin(core, [d["core"] for d in dests[1:]])
     if np.any(other):
@@ -166,8 +187,23 @@ def stream_to_engine(events: np.ndarray, artefact: dict, graph: ir.Graph, gate_i
     return codes[keep], ev["timestamp"][keep].astype(np.int64)
 
 
-def graph_stride_pad(graph: ir.Graph, lname: str) -> tuple:
-    node = graph.nodes[lname]
-    if isinstance(node, ir.Linear):
-        return (1, 1), (0, 0)
-    return tuple(node.stride), tuple(node.padding)
+def load_artefact(folder) -> dict:
+    """{"config", "host_program"} of a compiled Speck folder (``speck_config.json`` +
+    ``speck_host_program.json``)."""
+    import json
+    from pathlib import Path
+    folder = Path(folder)
+    out = {}
+    for key, name, fmt in (("config", "speck_config.json", "neurodeploy.speck.config"),
+                           ("host_program", "speck_host_program.json", FORMAT)):
+        path = folder / name
+        if not path.exists():
+            raise NeurodeployError(f"{path} is missing", fix="compile with --target speck (barrier on, the default)")
+        d = json.loads(path.read_text())
+        if d.get("format") != fmt:
+            raise NeurodeployError(f"{path} is not a {fmt} file")
+        if key == "host_program" and d.get("format_version") != FORMAT_VERSION:
+            raise NeurodeployError(f"{path}: host program version {d.get('format_version')}, this neurodeploy reads "
+                                   f"{FORMAT_VERSION}", fix="recompile the model")
+        out[key] = d
+    return out

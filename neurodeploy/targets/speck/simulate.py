@@ -112,24 +112,22 @@ def simulate_barrier(graph: ir.Graph, x, *, artefact: dict | None = None, seed: 
     initial values from the artefact's ``neurons_initial_value``), rule 'single', depth first, no
     budget, saturating. ``seed``: another interleaving of the input and of each release round."""
     from ...engine import EventEngine
-    from .host import barrier_artefact, sample_event_stream, stream_to_engine
+    from .host import barrier_artefact, engine_gates, sample_event_stream, stream_to_engine
     from .layers import bias_vec
     art = artefact or barrier_artefact(graph, **plan_options)
-    plan, conf = art["plan"], art["config"]
+    conf = art["config"]
     g = speck_engine_graph(graph)
-    gates, gate_ids, offsets = [], {}, {}
-    for lname, lb in plan.layers.items():
-        core = int(conf["layer_to_core"][lname])
-        for gf in lb.gates:
-            gate_ids[(core, gf.feature)] = (len(gates), lb)
-            gates.append((lb.neuron, gf.weights))
-        held = np.asarray(conf["cores"][str(core)]["neurons_initial_value"], np.int64).transpose(0, 2, 1)
-        v0 = int(graph.nodes[lb.neuron].v_init_q or 0) + bias_vec(graph.nodes[lname], quantized=True)
-        offsets[lb.neuron] = (held - np.asarray(v0, np.int64)[:, None, None]).reshape(-1)
+    gates, gate_ids = engine_gates(art)
+    offsets = {}
+    for core in conf["cores"].values():  # held values as written, relative to v_init + bias
+        held = np.asarray(core["neurons_initial_value"], np.int64).transpose(0, 2, 1)
+        v0 = int(graph.nodes[core["neuron"]].v_init_q or 0) + bias_vec(graph.nodes[core["layer"]], quantized=True)
+        offsets[core["neuron"]] = (held - np.asarray(v0, np.int64)[:, None, None]).reshape(-1)
     raster = input_counts(graph, x)
     streams = [stream_to_engine(sample_event_stream(art, raster[b], seed=None if seed is None else seed + b),
-                                art, graph, gate_ids) for b in range(raster.shape[0])]
-    bound = max(64, 2 * max(lb.rounds for lb in plan.layers.values()))
+                                art, gate_ids) for b in range(raster.shape[0])]
+    rounds = max(len(ph["rounds"]) for ph in art["host_program"]["release"])
+    bound = max(64, 2 * rounds)
     eng = EventEngine(g, rule="single", order="depth", saturate=saturate, max_spikes=bound, start_tick=False,
                       gates=gates)
     res = [eng.run(None, stream=s, offsets=offsets) for s in streams]
@@ -141,7 +139,7 @@ def simulate_barrier(graph: ir.Graph, x, *, artefact: dict | None = None, seed: 
     synops = {l: np.array([r.synops.get(l, 0) for r in res], dtype=np.int64) for l in net.layers}
     nin = np.array([int((s[0] >= 0).sum()) for s in streams], dtype=np.int64)
     settings = dict(rule="single", order="depth", saturate=saturate, budget=False, barrier=True, seed=seed,
-                    host_events=int(plan.host_events()))
+                    host_events=int(art["host_program"]["host_events_per_sample"]))
     return SpeckSimResult(counts, synops, nin, spikes, settings, "neurodeploy.engine", schedule="barrier",
                           timesteps=int(raster.max(initial=0)), saturations=int(sum(r.saturations for r in res)))
 
