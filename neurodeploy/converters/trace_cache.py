@@ -11,7 +11,8 @@ pure function of what this key covers, so a second compile reads it back instead
   autograd Functions, modules they name, recursively), plus the plain values of globals, class
   attributes, defaults and closure cells they read;
 * the input shape, ``until``, the spike settings, the torch / numpy / Python versions and the
-  sha256 of neurodeploy's own sources (any change to the converter invalidates every entry).
+  sha256 of the neurodeploy sources the trace runs (torch_export.py, this file and every
+  neurodeploy module they import: a change to the converter invalidates every entry).
 
 A model whose code cannot be pinned down this way is traced every time: forward hooks, a
 ``forward`` patched onto an instance, code without a source file, closures over non-plain values.
@@ -109,13 +110,36 @@ def trace_key(module, input_shape, until, spike) -> str | None:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-@lru_cache(maxsize=1)
 def _package_digest() -> str:
+    """sha256 of the neurodeploy sources the traced graph depends on: torch_export.py, this file,
+    and every neurodeploy module they import (relative imports, at any depth, followed with ast)."""
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for p in sorted(root.rglob("*.py")):
+    for p in _trace_sources(root):
         h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+_RELATIVE_IMPORT = re.compile(r"^[ \t]*from[ \t]+(\.+)([\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n#]+)", re.M)
+
+
+def _trace_sources(root: Path) -> list[Path]:
+    todo = [root / "converters" / "torch_export.py", Path(__file__).resolve()]
+    found: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in found or not path.is_file():
+            continue
+        found.add(path)
+        for dots, module, names in _RELATIVE_IMPORT.findall(path.read_text()):
+            base = path.parent
+            for _ in range(len(dots) - 1):
+                base = base.parent
+            target = base.joinpath(*module.split(".")) if module else base
+            todo += [target.with_suffix(".py"), target / "__init__.py"]
+            todo += [target / f"{n.split()[0]}.py" for n in names.strip("()").replace("\n", " ").split(",")
+                     if n.strip()]  # "from .. import ir"
+    return sorted(p for p in found if root in p.parents)
 
 
 def _global_hooks() -> int:
