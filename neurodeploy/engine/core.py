@@ -574,7 +574,8 @@ class EventEngine:
         finally:
             if bar is not None:
                 bar.close()
-        return self._result(addr, tstamp, dense, cnt, sink, synops, ctr, log_l, log_a, log_t, record_events)
+        in_t = tstamp if stream is None else tstamp[np.asarray(stream[0]) >= 0]  # gate events are no input events
+        return self._result(addr, in_t, dense, cnt, sink, synops, ctr, log_l, log_a, log_t, record_events)
 
     def _result(self, addr, tstamp, dense, cnt, sink, synops, ctr, log_l, log_a, log_t, record):
         graph = self.graph
