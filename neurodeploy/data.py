@@ -120,6 +120,17 @@ def _check_shape(x: np.ndarray, shape: tuple, where: str) -> None:
                            fix=f"pass x shaped [N, {', '.join(map(str, shape))}]")
 
 
+def quantized_input_range(quantization) -> float | None:
+    """max |x| a quantised program was built for, from ``graph.metadata['quantization']`` (the sim
+    quantiser's ``input_range``, Loihi's ``input.range``); None when it states none (spike inputs)."""
+    if not isinstance(quantization, dict):
+        return None
+    rng = quantization.get("input_range")
+    if rng is None and isinstance(quantization.get("input"), dict):
+        rng = quantization["input"].get("range")
+    return None if rng is None else float(rng)
+
+
 def check_input_range(x, limit: float, *, layer: str | None = None,
                       fix: str = "re-quantise with input_range >= max |x| (or calibration data)") -> None:
     """Refuse inputs outside the magnitude ``limit`` a quantised program was built for (exact

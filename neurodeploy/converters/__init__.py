@@ -141,10 +141,17 @@ def check_input_shape(shape: tuple[int, ...], memory: int | None = None) -> tupl
     need = EXPORT_BATCH * math.prod(int(s) for s in shape) * 4  # float32 example batch
     if memory and need > memory:
         raise NeurodeployError(
-            f"input shape {tuple(shape)} needs at least {need / 2**30:.1f} GiB for the traced example batch "
+            f"input shape {tuple(shape)} needs at least {_size(need)} for the traced example batch "
             f"({EXPORT_BATCH} x {math.prod(shape):,} float32 values), more than this machine's "
-            f"{memory / 2**30:.1f} GiB of memory", fix="check --input-shape (per sample: C,H,W, no batch dimension)")
+            f"{_size(memory)} of memory", fix="check --input-shape (per sample: C,H,W, no batch dimension)")
     return tuple(int(s) for s in shape)
+
+
+def _size(n: int) -> str:
+    for unit, bits in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 2 ** bits:
+            return f"{n / 2 ** bits:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def cut_graph(graph: ir.Graph, until: str) -> ir.Graph:

@@ -113,6 +113,15 @@ def _load_inputs(path, limit, input_shape=None):
     return load_data(path, limit, input_shape=input_shape).x
 
 
+def _check_range(graph, x) -> None:
+    """Raster inputs must lie in the range the program was quantised for (both engines, as `run`)."""
+    from ..data import check_input_range, quantized_input_range
+
+    rng = quantized_input_range(graph.metadata.get("quantization"))
+    if rng is not None and not isinstance(x, list):
+        check_input_range(x, rng, layer=graph.input_names()[0])
+
+
 def simulate_events_cli(graph, x, *, rule: str = "multi", order: str = "breadth", routing=None,
                         record_events: bool = False, progress: bool = True, compare: bool = True,
                         echo=click.echo) -> dict:
@@ -195,6 +204,7 @@ def simulate_cmd(out_dir, data, engine, rule, order, limit, as_json, progress, v
     graph = load_graph(graph_path)
     inputs = graph.input_names()
     x = _load_inputs(data, limit, graph.nodes[inputs[0]].input_shape if len(inputs) == 1 else None)
+    _check_range(graph, x)
     echo = (lambda *_a, **_k: None) if as_json else click.echo
     if engine == "event":
         routing = None

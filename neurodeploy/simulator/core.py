@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from .. import ir, ops
 from ..passes.quantize import integer_bounds
 from ..errors import NeurodeployError
-from ..data import check_input_range
+from ..data import check_input_range, quantized_input_range
 from . import kernels
 from .kernels import HAVE_NUMBA
 
@@ -549,9 +549,8 @@ def _prepare_input(graph: ir.Graph, x) -> np.ndarray:
     if tuple(x.shape[1:]) != shape:
         raise NeurodeployError(f"input batch has per-sample shape {tuple(x.shape[1:])}, graph expects {shape}",
                                layer=node.source or ins[0], fix="pass x as [batch, *input_shape]")
-    q = graph.metadata.get("quantization") or {}
-    rng = q.get("input_range")
-    if q and rng is not None:
+    rng = quantized_input_range(graph.metadata.get("quantization"))
+    if rng is not None:
         check_input_range(x, rng, layer=node.source or ins[0])
     return x
 

@@ -59,11 +59,11 @@ def _x_numpy(x):
 
 def check_input(x, quantization: dict | None, input_name: str | None = None) -> None:
     """Refuse inputs outside the range the program was quantised for (the check the simulator does)."""
-    from ...data import check_input_range
+    from ...data import check_input_range, quantized_input_range
 
-    inp = (quantization or {}).get("input") if isinstance(quantization, dict) else None
-    if isinstance(inp, dict) and inp.get("range") is not None:
-        check_input_range(_x_numpy(x), float(inp["range"]), layer=input_name,
+    rng = quantized_input_range(quantization)
+    if rng is not None:
+        check_input_range(_x_numpy(x), rng, layer=input_name,
                           fix="compile with --calibration data that covers these inputs")
 
 
