@@ -98,6 +98,7 @@ def route(folder, *extra):
 
 NONFINITE = r"(?i)nan|non-finite|not finite|infinite|inf\b"
 FOREIGN = r"(?i)--force|not .*(neurodeploy|output)|foreign"
+CLASH = r"(?i)contains the model|is the current directory|could replace|--force"
 NV = "--no-verify-manifest"
 
 DATA_FAULTS = {  # data file -> what the message must say besides the file's name
@@ -121,6 +122,10 @@ ROWS = [
     R("compile-nan-weight", 2, NONFINITE, lambda x: ["compile", *M(x, x.c.models["nan_weight"]), "-o", x.work / "o"]),
     R("compile-inf-weight-loihi", 2, NONFINITE,
       lambda x: ["compile", *M(x, x.c.models["inf_weight"]), "-t", "loihi", "-o", x.work / "o"]),
+    R("compile-nan-weight-loihi", 2, NONFINITE,
+      lambda x: ["compile", *M(x, x.c.models["nan_weight"]), "-t", "loihi", "-o", x.work / "o"]),
+    R("compile-inf-weight-speck", 2, NONFINITE,
+      lambda x: ["compile", *M(x, x.c.models["inf_weight"]), "-t", "speck", "-o", x.work / "o"]),
     R("verify-nan-weight", 2, NONFINITE,
       lambda x: ["verify", *M(x, x.c.models["nan_weight"]), "--data", fc.DATA, "--limit", "4"]),
     R("profile-inf-weight", 2, NONFINITE,
@@ -138,6 +143,15 @@ ROWS = [
     R("verify-data-huge", 2, r"(?i)range|magnitude|1e\+30",
       lambda x: ["verify", *M(x), "--data", D(x, "huge")]),
     R("verify-data-zero-samples", 2, r"zero_samples", lambda x: ["verify", *M(x), "--data", D(x, "zero_samples")]),
+    R("compile-data-nan", 2, ("nan", NONFINITE), lambda x: ["compile", *M(x), "--data", D(x, "nan"), "-o", x.work / "o"]),
+    R("verify-data-wrong-channels", 2, r"wrong_channels", lambda x: ["verify", *M(x), "--data", D(x, "wrong_channels")]),
+    R("verify-data-scalar", 2, r"scalar", lambda x: ["verify", *M(x), "--data", D(x, "scalar")]),
+    R("simulate-data-zero-samples", 2, r"zero_samples",
+      lambda x: ["simulate", x.art(), "--data", D(x, "zero_samples"), "--no-progress"]),
+    R("run-data-strings", 2, r"strings", lambda x: ["run", x.art(kind="loihi"), "--data", D(x, "strings"),
+                                                     "--runtime", "sim"]),
+    R("run-data-complex", 2, r"complex", lambda x: ["run", x.art(kind="loihi"), "--data", D(x, "complex"),
+                                                     "--runtime", "sim"]),
     R("compile-data-strings", 2, r"strings", lambda x: ["compile", *M(x), "--data", D(x, "strings"), "-o", x.work / "o"]),
     R("compile-calibration-nan", 2, ("nan", NONFINITE),
       lambda x: ["compile", *M(x), "-t", "loihi", "--calibration", D(x, "nan"), "-o", x.work / "o"]),
@@ -179,11 +193,11 @@ ROWS = [
     R("route-unknown-layer", 2, r"(?i)layer", lambda x: ["route", x.art(), "--layer", "99", "--address", "0,0,0"]),
     # -- -o onto folders that are not ours --------------------------------------------------------
     R("compile-o-foreign-folder", 2, FOREIGN, lambda x: ["compile", *M(x), "-o", x.c.user["foreign"]]),
-    R("compile-o-model-folder", 2, FOREIGN,
+    R("compile-o-model-folder", 2, CLASH,
       lambda x: ["compile", *M(x, x.c.user["model_dir"] / "digits_chain.pt",
                                 f"{x.c.user['model_dir'] / 'digits_chain.py'}:build_model"),
                  "--data", x.c.user["model_dir"] / "digits_test.npz", "-o", x.c.user["model_dir"]]),
-    R("compile-o-dot-in-model-folder", 2, FOREIGN,
+    R("compile-o-dot-in-model-folder", 2, CLASH,
       lambda x: ["compile", "digits_chain.pt", "--arch", "digits_chain.py:build_model", "-o", "."],
       cwd=lambda x: x.c.user["model_dir"]),
     R("compile-o-symlink-to-foreign", 2, FOREIGN, lambda x: ["compile", *M(x), "-o", _link(x.work / "link",
