@@ -221,6 +221,15 @@ def test_nan_weights_in_a_nir_file_are_refused(work, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_non_finite_norm_in_the_model_code_is_named():
+    from neurodeploy.passes import canonicalize
+
+    model = M.build_model("scriptable")
+    model.spike.norm = float("nan")  # InlineQuant: round(clamp(x, 0, D)) / norm
+    with pytest.raises(NeurodeployError, match="parameter 'spike.norm' has 1 NaN"):
+        canonicalize(from_torch(model, SHAPE))
+
+
 # -- activation settings that contradict the model's code ------------------------------------------
 
 @pytest.mark.parametrize("opts,words", [

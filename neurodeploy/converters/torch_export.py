@@ -125,6 +125,8 @@ def _scalar(v) -> float | None:
 
 
 def _int_if_close(v: float) -> float | int:
+    if not math.isfinite(v):
+        return v  # a NaN/inf norm is refused, naming the tensor, by passes.check_finite_parameters
     r = round(v)
     return int(r) if abs(v - r) < 1e-9 * max(1.0, abs(v)) else v
 
