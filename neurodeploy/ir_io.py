@@ -148,7 +148,8 @@ def check_loaded_graph(g: ir.Graph) -> None:
         if recorded[name] is not None and tuple(recorded[name]) != tuple(node.shape):
             raise LoadError(f"shape {tuple(node.shape)} from the weights differs from the recorded "
                             f"{tuple(recorded[name])}", layer=name)
-        node.shape = recorded[name] if recorded[name] is not None else node.shape
+    for name, node in g.nodes.items():
+        node.shape = recorded[name]  # the graph comes back exactly as written
 
 
 def _check_weight_arrays(name: str, node) -> None:
