@@ -265,7 +265,13 @@ def quantize_for_barrier(graph: ir.Graph, calibration=None, *, bounds: str = "bu
     import warnings
 
     from .quantize import SpeckQuantizationWarning, quantize
-    qg = quantize(graph, calibration, **qopts)
+    def quantize_quietly(**opts):  # the warnings of the final quantisation only are re-emitted
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SpeckQuantizationWarning)
+            out = quantize(graph, calibration, **opts)
+        return out, caught
+
+    qg, caught = quantize_quietly(**qopts)
     limited_by = {l: r.get("limited_by") for l, r in qg.metadata["quantization"]["layers"].items()}
     shrunk = {}
     for _ in range(40):
@@ -276,15 +282,15 @@ def quantize_for_barrier(graph: ir.Graph, calibration=None, *, bounds: str = "bu
                 r["limited_by"] = "barrier (16-bit hold)" if l in shrunk else limited_by[l]
             plan.notes += [f"layer '{l}': scale x{f:.3f} so that the 16-bit state holds the barrier"
                            for l, f in shrunk.items()]
+            for w in caught:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             return qg, plan
         scales = {l: r["scale"] for l, r in qg.metadata["quantization"]["layers"].items()}
         for l, ratio in plan.violations.items():
             f = min(ratio, 1.0) * 0.98
             scales[l] *= f
             shrunk[l] = shrunk.get(l, 1.0) * f
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SpeckQuantizationWarning)
-            qg = quantize(graph, calibration, **{**qopts, "scales": scales})
+        qg, caught = quantize_quietly(**{**qopts, "scales": scales})
     plan_barrier(qg, bounds=bounds, input_bound=input_bound)  # raises, naming the layer
     raise NeurodeployError("the barrier does not fit after shrinking the scales")
 
