@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, ir
-from .artifacts import ArtifactDir, sha256_file, write_json
+from .artifacts import GENERATOR, ArtifactDir, check_output, sha256_file, write_json
 from .data import Dataset, load_data
 from .errors import DesignRuleError, NeurodeployError
 
@@ -83,13 +83,19 @@ class CompileResult:
     quantized: ir.Graph
     profile: Any = None
     verify: Any = None
+    written: bool = False  # False when verification failed: out_dir was left as it was
 
 
 def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data: str | Path | None = None,
             calibration: str | Path | None = None, verify: bool = False, profile: bool = True,
             limit: int | None = None, emit: tuple[str, ...] = (), target_options: dict | None = None,
-            energy: dict | None = None, **load_options) -> CompileResult:
+            energy: dict | None = None, force: bool = False, **load_options) -> CompileResult:
     """Compile ``model`` for ``target`` into ``out_dir`` (atomically).
+
+    ``out_dir`` is replaced only when every step, verification included, succeeded, and only if it
+    is a previous neurodeploy output; ``force=True`` writes the artefacts into a folder holding other
+    files and keeps them (see :mod:`neurodeploy.artifacts`). A failed verification writes nothing
+    (``result.written`` is False).
 
     ``data``: an ``.npz`` with ``x`` (and ``y``) used for profiling and, with ``verify=True``, for
     spike-count verification. ``calibration``: an ``.npz`` with ``x`` used by targets that choose
@@ -99,6 +105,8 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
     from .ir_io import save_graph
     from .targets import get_target
 
+    inputs = _input_files(model, load_options.get("arch"), data, calibration)
+    check_output(out_dir, force=force, inputs=inputs)  # refuse a folder that would lose files, before the work
     prepared = prepare(model, **load_options)
     tgt = get_target(target)
     target_options = dict(target_options or {})
@@ -109,7 +117,7 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
     dataset = load_data(data, limit) if data else None
 
     result = CompileResult(Path(out_dir), {}, {}, quantized)
-    with ArtifactDir(out_dir) as art:
+    with ArtifactDir(out_dir, force=force, inputs=inputs) as art:
         save_graph(quantized, art.path("graph.ir.npz"))
         if has_host_ops(quantized):  # NIR has no activation × activation product: the host part is a program
             from .host_program import write_host_program
@@ -128,10 +136,24 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
         if dataset is not None and verify:
             result.verify = verify_prepared(prepared, quantized, dataset, target=target)
             write_json(art.path("verify.json"), result.verify.to_dict())
+            if not result.verify.ok():
+                art.discard()
         result.manifest = _manifest(model, target, prepared, art.tmp, data, calibration, emit, target_options)
         write_json(art.path("manifest.json"), result.manifest)
-    result.artifacts = {p.name: str(p) for p in sorted(Path(out_dir).iterdir()) if p.is_file()}
+    result.written = art.committed
+    if result.written:
+        names = sorted([*result.manifest["artefacts"], "manifest.json"])
+        result.artifacts = {name: str(Path(out_dir) / name) for name in names}
     return result
+
+
+def _input_files(model, arch, data, calibration) -> list[tuple[str, Any]]:
+    """The files a compile reads, which its output folder must not hold."""
+    arch_file = None
+    if arch and ":" in arch and Path(arch.rsplit(":", 1)[0]).is_file():
+        arch_file = arch.rsplit(":", 1)[0]
+    return [("the model file", model), ("the --arch file", arch_file), ("the --data file", data),
+            ("the --calibration file", calibration)]
 
 
 def _versions() -> dict:
@@ -145,6 +167,7 @@ def _versions() -> dict:
 def _manifest(model, target, prepared: Prepared, folder: Path, data, calibration, emit, target_options) -> dict:
     artefacts = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
     return {
+        "generator": GENERATOR,
         "manifest_version": MANIFEST_VERSION,
         "input": {"path": Path(model).name, "sha256": prepared.loaded.sha256, "format": prepared.loaded.format},
         "data": {"path": Path(data).name, "sha256": sha256_file(data)} if data else None,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -131,13 +134,49 @@ def _os_error_text(e: OSError) -> str:
     return f"error: {paths + ': ' if paths else ''}{reason}\n  fix: {fix}"
 
 
+class Terminated(SystemExit):
+    """SIGTERM (what `kill` and `timeout` send), raised so that every `with`/`finally` runs: temp
+    folders are removed, Lava's workers stopped."""
+
+
+_SIGTERM_OWNER: list[int] = []
+
+
+def _raise_terminated(signum, _frame):
+    if os.getpid() not in _SIGTERM_OWNER:  # a forked worker (Lava) inherited this handler: die as usual
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise Terminated(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    _SIGTERM_OWNER.append(os.getpid())
+    try:
+        yield
+    finally:
+        _SIGTERM_OWNER.pop()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 class _Group(click.Group):
     def invoke(self, ctx):
+        with _sigterm_unwinds():
+            return self._invoke_reporting_errors(ctx)
+
+    def _invoke_reporting_errors(self, ctx):
         warnings.formatwarning = _format_warning
         try:
             return super().invoke(ctx)
         except NeurodeployError as e:
             _fail(f"error: {e}", 2)
+        except Terminated as e:
+            _fail("error: stopped by SIGTERM; cleaned up (no temporary files or worker processes left behind)", e.code)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # click prints these itself (usage errors: exit 2)
         except OSError as e:  # a user path we cannot read or write (permissions, disk full, gone)
@@ -187,7 +226,10 @@ def _speck_bias_options(target: str, kw: dict) -> dict:
 @model_options
 @click.option("--target", "-t", type=click.Choice(TARGET_NAMES), default="sim", show_default=True)
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Output folder (written atomically; replaced if it exists).")
+              help="Output folder. Built aside and put in place only when every step (--verify included) "
+              "succeeded; an existing folder is replaced only if it is a previous neurodeploy output.")
+@click.option("--force", is_flag=True, help="Write into an existing -o folder that holds other files: they are "
+              "kept, never deleted or overwritten.")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False),
               help=".npz with x (and y): profile and verify on these inputs.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
@@ -203,7 +245,8 @@ def _speck_bias_options(target: str, kw: dict) -> dict:
 @speck_bias_options
 @click.option("--e-mac", default=4.6, **ENERGY, help="Energy per MAC (pJ, finite >= 0).")
 @click.option("--e-ac", default=0.9, **ENERGY, help="Energy per synaptic AC (pJ, finite >= 0).")
-def compile_cmd(target, out_dir, data, calibration, verify, profile, limit, emit, core_map, e_mac, e_ac, **kw):
+def compile_cmd(target, out_dir, force, data, calibration, verify, profile, limit, emit, core_map, e_mac, e_ac,
+                **kw):
     """Compile MODEL for a target into OUT: IR, NIR, target artefacts, profile, manifest.json."""
     from . import api
 
@@ -213,9 +256,10 @@ def compile_cmd(target, out_dir, data, calibration, verify, profile, limit, emit
     target_options.update(_speck_bias_options(target, kw))
     res = api.compile(kw.pop("model"), target=target, out_dir=out_dir, data=data, calibration=calibration,
                       verify=verify, profile=profile, limit=limit, emit=tuple(emit),
-                      target_options=target_options, energy=_energy(e_mac, e_ac),
+                      target_options=target_options, energy=_energy(e_mac, e_ac), force=force,
                       **_load_options(kw))
-    click.echo(f"compiled for '{target}' into {res.out_dir}/ (quantisation scales from {res.calibration_note})")
+    where = f"into {res.out_dir}/" if res.written else "(nothing written: verification failed)"
+    click.echo(f"compiled for '{target}' {where} (quantisation scales from {res.calibration_note})")
     for name in sorted(res.artifacts):
         click.echo(f"  {name}")
     if res.profile is not None:
@@ -225,6 +269,9 @@ def compile_cmd(target, out_dir, data, calibration, verify, profile, limit, emit
         click.echo("\nverify:")
         click.echo(res.verify.format_table())
         if not res.verify.ok():
+            click.secho(f"error: verification failed, so {out_dir} was not written (an existing {out_dir} is "
+                        "unchanged)\n  fix: see the table above; re-run with --no-verify to write the artefacts "
+                        "anyway", fg="red", err=True)
             sys.exit(1)
 
 

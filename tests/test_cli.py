@@ -79,7 +79,8 @@ def test_failed_compile_leaves_existing_output_untouched(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("old")
-    res = CliRunner().invoke(main, ["compile", str(DEMO), "--arch", ARCH, "-o", str(out),
+    # --force: keep.txt is not ours, so without it compile refuses before loading (tests/test_output_safety.py)
+    res = CliRunner().invoke(main, ["compile", str(DEMO), "--arch", ARCH, "-o", str(out), "--force",
                                     "--until", "no.such.module"])
     assert res.exit_code == 2
     assert "no.such.module" in res.output

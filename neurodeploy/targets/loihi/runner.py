@@ -7,13 +7,20 @@ simulation (``Loihi2SimCfg(select_tag='fixed_pt')``) and return per-layer spike 
   spike raster comes back;
 * ``net.stop()`` always runs (``finally``), otherwise Lava's worker processes keep the
   interpreter alive;
+* the workers never outlive the run: SIGTERM / Ctrl-C during a run are held back
+  (:func:`~neurodeploy.interrupts.deferred_signals`), the workers terminated and the shared memory
+  released, then the signal is delivered; and each worker is forked with
+  ``PR_SET_PDEATHSIG = SIGKILL``, so that it dies with its parent even after ``kill -9``;
 * a failure in a Lava worker (Lava itself says only "1 Exception(s) occurred") is re-raised as a
   :class:`~neurodeploy.errors.NeurodeployError` carrying the workers' own tracebacks.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -22,6 +29,7 @@ import numpy as np
 import torch
 
 from ...errors import NeurodeployError
+from ...interrupts import deferred_signals
 from .program import Program
 from .simulate import LoihiSimResult
 
@@ -60,6 +68,33 @@ def _import_lava():
 
 
 import_lava = _import_lava
+
+
+_PR_SET_PDEATHSIG = 1
+_guard = {"active": 0, "forking_pid": 0}
+
+
+def _before_fork() -> None:
+    _guard["forking_pid"] = os.getpid()
+
+
+def _die_with_parent() -> None:
+    """In a process forked while a Lava run is active: the parent's SIGTERM handling (deferred
+    during the run) does not apply here, and the process gets SIGKILL when its parent dies."""
+    if not _guard["active"]:
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: workers are still terminated on SIGTERM
+        return
+    if os.getppid() != _guard["forking_pid"]:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_child=_die_with_parent)
 
 
 class _Capture(logging.Handler):
@@ -130,10 +165,14 @@ def _kill_workers(net) -> None:
                 a.terminate()
         except Exception:
             pass
+    deadline = time.monotonic() + 2.0
     for a in list(getattr(rt._messaging_infrastructure, "actors", [])):
         try:
             mp_join = type(a).__mro__[1].join  # multiprocessing.Process.join
-            mp_join(a, 2.0)
+            mp_join(a, max(0.0, deadline - time.monotonic()))
+            if a.is_alive():
+                a.kill()
+                mp_join(a, 1.0)
             a._is_done = True
         except Exception:
             pass
@@ -141,9 +180,14 @@ def _kill_workers(net) -> None:
     rt._is_running = False
 
 
-def _run_watched(net, T: int, cfg, handler, timeout: float | None) -> None:
+class _Interrupted(BaseException):
+    """A SIGTERM / Ctrl-C arrived during a Lava run (delivered again once the workers are gone)."""
+
+
+def _run_watched(net, T: int, cfg, handler, timeout: float | None, signals: list | None = None) -> None:
     """``net.run`` in a daemon thread, watching the workers for exceptions (Lava itself would
-    either print '1 Exception(s) occurred' or deadlock) and for a timeout."""
+    either print '1 Exception(s) occurred' or deadlock), for a timeout, and for ``signals``
+    received (a list that :func:`deferred_signals` fills)."""
     from lava.magma.core.run_conditions import RunSteps
 
     net.create_runtime(run_cfg=cfg)
@@ -161,6 +205,8 @@ def _run_watched(net, T: int, cfg, handler, timeout: float | None) -> None:
     errs: list[str] = []
     while th.is_alive():
         th.join(0.05)
+        if signals:
+            raise _Interrupted()
         errs = _poll_actor_errors(net)
         if errs:
             th.join(0.5)  # let Lava's own error path finish if it can
@@ -233,18 +279,25 @@ def run_lava(net_path: str | Path, program: Program, x_int, record: bool = True,
     rt_log.addHandler(handler)
     rt_log.setLevel(logging.INFO)
     outs = []
-    try:
-        t0 = time.perf_counter()
-        _run_watched(net, T, cfg, handler, timeout)
-        run_s = time.perf_counter() - t0
-        outs = [s.data.get() for s in sinks]
-    finally:
+    with deferred_signals() as signals:
+        _guard["active"] += 1
         try:
-            net.stop()
-        except Exception:
-            pass
-        rt_log.removeHandler(handler)
-        rt_log.setLevel(old_level)
+            t0 = time.perf_counter()
+            _run_watched(net, T, cfg, handler, timeout, signals)
+            run_s = time.perf_counter() - t0
+            outs = [s.data.get() for s in sinks]
+        except BaseException as e:
+            if not isinstance(e, Exception):  # interrupted: net.stop() would wait for a running network
+                _kill_workers(net)
+            raise
+        finally:
+            _guard["active"] -= 1
+            try:
+                net.stop()
+            except Exception:
+                pass
+            rt_log.removeHandler(handler)
+            rt_log.setLevel(old_level)
     counts, rasters = {}, {}
     for spec, arr in zip(program.layers, outs):
         arr = np.moveaxis(np.asarray(arr), -1, 0)          # (T, *lava_shape)
