@@ -248,13 +248,25 @@ def test_settings_equal_to_the_code_are_accepted(work):
 
 def test_override_is_warned_about_and_recorded(work, tmp_path):
     out = tmp_path / "out"
-    with pytest.warns(UserWarning, match=r"activation override: layer 'spike' uses D = 3 \(--spike-d\) instead of 4"):
+    with pytest.warns(UserWarning, match=r"activation override: layer 'spike' uses D = 3 \(--spike-d\) instead of the model's own 4"):
         res = invoke("compile", work["model"], *ARCH, "-o", out, "--spike-d", "3", "--override-activation")
     assert res.exit_code == 0, res.output
     options = json.loads((out / "manifest.json").read_text())["options"]
     assert options["override_activation"] is True
     assert {(o["layer"], o["code"], o["used"]) for o in options["activation_overrides"]} == {
         ("spike", 4, 3), ("spike2", 2, 3)}
+
+
+def test_a_nir_file_states_its_settings_unless_foreign(work, tmp_path):
+    refused(invoke("inspect", work["sim"] / "network.nir", "--spike-d", "3"), "--spike-d 3", "D = 4")
+    foreign = nir.NIRGraph(  # a plain nir.IF, as sinabs writes it: D is not stated, --spike-d supplies it
+        nodes={"input": nir.Input(input_type={"input": np.array([4])}), "fc": nir.Linear(weight=np.ones((3, 4))),
+               "lif": nir.IF(r=np.ones(3), v_threshold=np.ones(3), v_reset=np.zeros(3)),
+               "output": nir.Output(output_type={"output": np.array([3])})},
+        edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")])
+    nir.write(tmp_path / "foreign.nir", foreign)
+    res = invoke("inspect", tmp_path / "foreign.nir", "--spike-d", "3")
+    assert res.exit_code == 0 and "D=3" in res.output, res.output
 
 
 def test_settings_the_code_hides_are_not_overrides():

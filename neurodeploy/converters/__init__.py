@@ -76,13 +76,14 @@ def check_activation_overrides(graph: ir.Graph, override: bool) -> None:
     if not found:
         return
     text = [f"layer '{o['source'] or o['layer']}' uses {SETTING_NAME[o['setting']]} = {o['used']!r} "
-            f"({OPTION_OF[o['setting']]}) instead of {o['code']!r} from the model's code" for o in found]
+            f"({OPTION_OF[o['setting']]}) instead of the model's own {o['code']!r}" for o in found]
     if not override:
         first = found[0]
         more = f" (and {len(found) - 1} more setting(s) in other layers)" if len(found) > 1 else ""
         raise NeurodeployError(
-            f"{OPTION_OF[first['setting']]} {first['used']} contradicts the model's code, which states "
-            f"{SETTING_NAME[first['setting']]} = {first['code']!r}{more}", layer=first["source"] or first["layer"],
+            f"{OPTION_OF[first['setting']]} {first['used']} contradicts the model's own "
+            f"{SETTING_NAME[first['setting']]} = {first['code']!r} (stated by its code or file){more}",
+            layer=first["source"] or first["layer"],
             fix=f"drop {OPTION_OF[first['setting']]} (it is for activations whose code hides the value), or "
                 "pass --override-activation (override_activation=True) to deploy it anyway")
     graph.metadata["activation_overrides"] = found
