@@ -48,11 +48,12 @@ class Prepared:
 
 def prepare(model: str | Path, *, arch: str | None = None, arch_kwargs: dict | None = None,
             trust: bool = False, input_shape: tuple | None = None, until: str | None = None,
-            spike: dict | None = None, override_activation: bool = False) -> Prepared:
+            spike: dict | None = None, override_activation: bool = False, fold: bool = True) -> Prepared:
     """Load ``model`` safely and convert it to a canonical IR graph.
 
     ``spike`` settings that contradict what the model's code states (D, rounding, norm) are refused
-    unless ``override_activation``; an override is then warned about and kept in ``options``."""
+    unless ``override_activation``; an override is then warned about and kept in ``options``.
+    ``fold=False`` skips the folding passes (``canonical`` is then None): the raw traced graph."""
     from .converters import to_graph
     from .converters.load import load_model
     from .passes import canonicalize
@@ -66,7 +67,19 @@ def prepare(model: str | Path, *, arch: str | None = None, arch_kwargs: dict | N
                "until": until, "spike": spike or {}, "override_activation": bool(override_activation)}
     if graph.metadata.get("activation_overrides"):
         options["activation_overrides"] = graph.metadata["activation_overrides"]
-    return Prepared(loaded, graph, canonicalize(graph), options)
+    return Prepared(loaded, graph, canonical_with_cut(graph) if fold else None, options)
+
+
+def canonical_with_cut(graph: ir.Graph) -> ir.Graph:
+    """``canonicalize``; a refusal proposes the furthest ``--until`` that works (``err.until``)."""
+    from .passes import canonicalize
+    from .passes.cut import with_until_proposal
+
+    try:
+        return canonicalize(graph)
+    except NeurodeployError as e:
+        with_until_proposal(e, graph)
+        raise
 
 
 def _check(target, graph: ir.Graph) -> None:

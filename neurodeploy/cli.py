@@ -340,7 +340,7 @@ def inspect_cmd(canonical, **kw):
     """Print the IR graph neurodeploy makes of MODEL (what was recognised, with shapes)."""
     from . import api
 
-    prepared = api.prepare(kw.pop("model"), **_load_options(kw))
+    prepared = api.prepare(kw.pop("model"), fold=canonical, **_load_options(kw))
     click.echo((prepared.canonical if canonical else prepared.graph).summary())
 
 

@@ -135,3 +135,60 @@ def test_exported_host_program_reproduces_the_host_part(compiled, x):
         assert list(v.shape[1:]) == t["shape"]
         assert torch.equal(v, vals[t["name"]].to(torch.float64)), t["name"]
     assert any(t["kind"] == "spike counts" for t in desc["from_host"])
+
+
+class _MaxHead(E.ESpikeFormer):
+    """Not deployable after the stages: a max over tokens."""
+
+    def forward(self, x):
+        x = self.forward_features(x)
+        return self.head(self.head_spike(x.flatten(2).amax(2)))
+
+
+class _ScaledResidual(E.ESpikeFormer):
+    """A scaling that cannot be folded: it feeds a residual add whose other branch is unscaled."""
+
+    def forward(self, x):
+        x = self.forward_features(x)
+        x = x * 0.5 + x
+        return self.head(self.head_spike(x.flatten(2).mean(2)))
+
+
+def _tiny(cls):
+    kw = dict(E.TINY)
+    img = kw.pop("img")
+    return E.randomize_bn(cls(width=kw["width"], depths=kw["depths"], num_heads=kw["num_heads"], img=img)).eval()
+
+
+@pytest.mark.parametrize("cls,where", [(_MaxHead, "amax(2)"), (_ScaledResidual, "x * 0.5 + x")])
+def test_refusal_names_the_code_and_proposes_a_working_until(cls, where, x):
+    from neurodeploy.errors import NeurodeployError
+
+    model = _tiny(cls)
+    with pytest.raises(NeurodeployError) as e:
+        nd.canonical_with_cut(from_torch(model, SHAPE))
+    err = e.value
+    assert "aten." not in err.layer and f"{cls.__name__}.forward" in err.layer and where in err.layer
+    assert err.until and f"--until {err.until}" in err.fix
+    if cls is _ScaledResidual:
+        return  # (the scaling itself: its prefix ends in an output scale)
+    # the proposal compiles, and it is past every residual stage (the furthest that works)
+    g = from_torch(model, SHAPE, until=err.until)
+    q = get_target("sim").quantize(canonicalize(g), calibration=x)
+    assert "block4.0.mlp.fc2_spike" in q.neurons()
+    assert get_target("sim").simulate(q, x[:2]).counts
+
+
+def test_inspect_without_canonical_shows_the_raw_graph(checkpoint):
+    from click.testing import CliRunner
+
+    from neurodeploy.cli import main
+
+    prepared = nd.prepare(checkpoint / "esf.pt", arch=ARCH, arch_kwargs=_arch_kwargs(), fold=False)
+    assert prepared.canonical is None
+    kinds = {n.kind for n in prepared.graph.nodes.values()}
+    assert {"BatchNorm", "Scale", "AvgPool2d"} <= kinds     # nothing folded
+    res = CliRunner().invoke(main, ["inspect", str(checkpoint / "esf.pt"), "--arch", ARCH,
+                                    "--arch-kwargs", json.dumps(_arch_kwargs())])
+    assert res.exit_code == 0, res.output
+    assert "BatchNorm" in res.output and "HostOp" in res.output

@@ -105,6 +105,24 @@ def _opname(target) -> str:
     return name
 
 
+def _code_location(n) -> str | None:
+    """``Model.forward (file.py:254: x = x.flatten(2).mean(2))`` from the node's stack trace."""
+    lines = (n.meta.get("stack_trace") or "").strip().splitlines()
+    if len(lines) < 2 or not lines[-2].strip().startswith("File "):
+        return None
+    head, code = lines[-2].strip(), lines[-1].split("#")[0].strip()
+    try:
+        file = head.split('"')[1].replace("\\", "/").rsplit("/", 1)[-1]
+        line = head.split("line ")[1].split(",")[0]
+        func = head.rsplit(" in ", 1)[1]
+    except IndexError:
+        return None
+    root = [cls for p, cls in (n.meta.get("nn_module_stack") or {}).values() if not p]
+    owner = (root[0] if isinstance(root[0], str) else getattr(root[0], "__name__", "")).rsplit(".", 1)[-1] \
+        if root else ""
+    return f"{owner + '.' if owner else ''}{func} ({file}:{line}: {code})"
+
+
 def _np(t) -> np.ndarray | None:
     if t is None:
         return None
@@ -277,7 +295,8 @@ class _Converter:
         return self.graph.unique_name(base)
 
     def source_of(self, n) -> str:
-        return self.path(n) or f"aten.{n.name}"
+        """The user's module path; for code in the top-level forward, that forward and its line."""
+        return self.path(n) or _code_location(n) or f"aten.{n.name}"
 
     def emit(self, n, node: ir.Node, inputs, suffix: str, shape=None, group=None) -> _V:
         name = self.name_for(n, suffix, group)
@@ -1311,7 +1330,13 @@ def from_torch(module, input_shape, *, until: str | None = None, spike=None) -> 
         for spec, fxn in zip(specs, out_vals):
             if spec.kind.name == "USER_OUTPUT":
                 outs.append((fxn, conv.env.get(fxn) if isinstance(fxn, torch.fx.Node) else fxn))
-    g = _finish(conv, outs)
+    try:
+        g = _finish(conv, outs)
+    except NeurodeployError as e:
+        if until is None:
+            from ..passes.cut import with_until_proposal
+            with_until_proposal(e, conv.graph)
+        raise
     g.metadata.update({"source_format": "torch", "input_shape": list(input_shape),
                        "until": until, "export_batch": conv.batch})
     return g
