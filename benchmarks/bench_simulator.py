@@ -4,6 +4,8 @@ For the demo-sized net (1×8×8 digits, 3 SFA conv layers + SFA linear, D=4) and
 (3×64×64, 6 SFA conv layers + pool + SFA linear, D=4) it times
 
 * the model's own PyTorch forward (float32, as users run it; float64 for reference),
+* the physical floor: a float32 forward of the *folded* network (conv/linear + clamp/round in
+  place, no BN, no autograd; :func:`folded_forward`) — goal: sync simulator <= 1.1× of it,
 * the neurodeploy simulator on the quantised (integer) program, layer-synchronous schedule
   (goal: <= 2× the PyTorch float32 forward; default exact fast path — one float32 convolution per
   layer with an a-priori error bound, closed-form counts, exact refinement of the few undecided
@@ -16,7 +18,10 @@ For the demo-sized net (1×8×8 digits, 3 SFA conv layers + SFA linear, D=4) and
   and, for reference, the same sinabs layers run one layer at a time with a barrier,
 
 and checks whether each one's spike counts agree with the model's own activations.
-Run: ``python benchmarks/bench_simulator.py`` (< 3 minutes on 2 cores).
+Run: ``python benchmarks/bench_simulator.py`` (< 3 minutes on 2 cores). On a busy machine run it
+with ``OMP_WAIT_POLICY=PASSIVE``: by default PyTorch's OpenMP workers spin after every convolution
+and, with more runnable threads than cores, steal the core the simulator's numba steps need (seen:
+sync 754 ms vs 50 ms on the large net at load 13 on 2 cores; the floor itself 254 ms vs 43 ms).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from nets import SFA, DigitsConvNet, LargeConvNet, activation_counts, digits_like_input, image_input, to_graph  # noqa: E402
 
+from neurodeploy import ir  # noqa: E402
 from neurodeploy.passes import canonicalize, quantize_fixed_point  # noqa: E402
 from neurodeploy.simulator import simulate  # noqa: E402
 
@@ -133,6 +139,66 @@ def run_sinabs(layers, x: torch.Tensor, D: int, barrier: bool) -> dict[str, np.n
     return counts
 
 
+# -- the physical floor ------------------------------------------------------------------------------
+
+def folded_forward(graph: ir.Graph):
+    """The physical floor of a layer-synchronous simulation: a float32 forward of the *folded*
+    network (``canonicalize``: BN, pools and norms already in the weights), i.e. each layer's
+    convolution / linear op plus the activation as clamp/round in place — no BN, no autograd, no
+    bookkeeping. Returns ``run(x) -> {neuron name: counts}``."""
+    import torch.nn.functional as F
+
+    order = ir.topological_order(list(graph.nodes), graph.edges)
+    t32 = lambda a: None if a is None else torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    params = {n: (t32(graph.nodes[n].weight), t32(graph.nodes[n].bias)) for n in order
+              if isinstance(graph.nodes[n], (ir.Conv2d, ir.Conv1d, ir.Linear))}
+
+    def activation(node: ir.IFNeuron, v):
+        if node.threshold != 1.0:
+            v.mul_(1.0 / node.threshold)
+        if node.rounding == "half_even":
+            v.clamp_(0, node.max_spikes).round_()
+        else:
+            v.add_(node.v_init / node.threshold).floor_().clamp_(0, node.max_spikes)
+        return v
+
+    def run(x: torch.Tensor) -> dict:
+        vals, counts = {}, {}
+        for name in order:
+            node, ins = graph.nodes[name], [vals[i] for i in graph.inputs_of(name)]
+            if isinstance(node, ir.Input):
+                h = x
+            elif isinstance(node, ir.Conv2d):
+                h = F.conv2d(ins[0], *params[name], node.stride, node.padding, node.dilation, node.groups)
+            elif isinstance(node, ir.Conv1d):
+                h = F.conv1d(ins[0], *params[name], node.stride, node.padding, node.dilation, node.groups)
+            elif isinstance(node, ir.Linear):
+                h = F.linear(ins[0], *params[name])
+            elif isinstance(node, ir.IFNeuron):
+                h = counts[name] = activation(node, ins[0])
+                if node.norm != 1.0:
+                    h = h * (1.0 / node.norm)
+            elif isinstance(node, ir.AvgPool2d) or isinstance(node, ir.SumPool2d):
+                h = F.avg_pool2d(ins[0], node.kernel, node.stride or node.kernel, node.padding,
+                                 divisor_override=None if isinstance(node, ir.AvgPool2d) else 1)
+            elif isinstance(node, ir.Flatten):
+                h = ins[0].flatten(node.start_dim + 1)
+            elif isinstance(node, ir.Reshape):
+                h = ins[0].reshape((ins[0].shape[0],) + tuple(node.target_shape))
+            elif isinstance(node, ir.Add):
+                h = ins[0] + ins[1] if len(ins) == 2 else sum(ins)
+            elif isinstance(node, ir.Scale):
+                h = ins[0] * float(node.scale)
+            elif isinstance(node, ir.Output):
+                continue
+            else:
+                raise TypeError(f"floor forward: unsupported node {node.kind}")
+            vals[name] = h
+        return counts
+
+    return run
+
+
 def agreement(ref: dict, got: dict) -> tuple[float, int]:
     """Fraction of all counts equal, number of layers that agree fully."""
     tot = eq = layers = 0
@@ -168,6 +234,14 @@ def bench(name: str, model: nn.Module, x: np.ndarray, D: int, repeat: int) -> di
 
     # the goal's ratio: the f32 forward and the sync simulator timed alternately (same conditions)
     t_f32, t_sync = timeit_paired(f32_forward, lambda: res.__setitem__("sync", simulate(q, x)), 2 * repeat)
+    # the physical floor: the folded network's float32 forward, timed alternately with the simulator
+    floor_run = folded_forward(canonicalize(to_graph(model)))
+
+    def floor_forward():
+        with torch.inference_mode():
+            res["floor"] = {k: v.double().numpy() for k, v in floor_run(x32).items()}
+
+    t_floor, t_sync_f = timeit_paired(floor_forward, lambda: simulate(q, x), 2 * repeat)
     t_stepped = timeit(lambda: res.__setitem__("stepped", simulate(q, x, fast_sync=False)), max(1, repeat // 2))
     t_sync24 = timeit(lambda: res.__setitem__("sync24", simulate(q24, x)), repeat)
     t_stream = timeit(lambda: res.__setitem__("streaming", simulate(q, x, schedule="streaming")), max(1, repeat // 2))
@@ -179,6 +253,7 @@ def bench(name: str, model: nn.Module, x: np.ndarray, D: int, repeat: int) -> di
     rows = [
         ("pytorch forward f32", t_f32, None, None),
         ("pytorch forward f64", t_f64, None, None),
+        ("folded net f32 forward (floor)", t_floor, *agreement(reference, res["floor"])),
         ("neurodeploy sim sync", t_sync, *agreement(reference, res["sync"].counts)),
         ("sim sync, every neuron time-stepped", t_stepped, *agreement(reference, res["stepped"].counts)),
         ("sim sync, 24-bit acc. (float32)", t_sync24, *agreement(reference, res["sync24"].counts)),
@@ -201,17 +276,21 @@ def bench(name: str, model: nn.Module, x: np.ndarray, D: int, repeat: int) -> di
     goal = t_sync / t_f32
     print(f"  sync simulator / PyTorch f32 forward = {goal:.2f}× (goal <= 2×: {'met' if goal <= 2 else 'NOT met'}); "
           f"/ f64 forward = {t_sync / t_f64:.2f}×")
+    floor = t_sync_f / t_floor
+    print(f"  sync simulator / folded-net f32 forward (physical floor) = {floor:.2f}× "
+          f"(goal <= 1.1×: {'met' if floor <= 1.1 else 'NOT met'})")
     print(f"  (sync: float32 filter + exact refinement, default; time-stepped path (fast_sync=False) "
           f"/ f32 forward = {t_stepped / t_f32:.2f}×)")
     print(f"  24-bit accumulators (float32-exact, ~2^-20 precision) / f32 forward = {t_sync24 / t_f32:.2f}×")
-    return {"name": name, "t_f32": t_f32, "t_sync24": t_sync24, "t_f64": t_f64, "t_sync": t_sync,
+    return {"name": name, "t_f32": t_f32, "t_floor": t_floor, "t_sync_vs_floor": floor, "t_sync24": t_sync24, "t_f64": t_f64, "t_sync": t_sync,
             "t_sync_stepped": t_stepped, "t_stream": t_stream,
             "t_sinabs": t_sinabs, "t_sinabs_barrier": t_sinabs_b}
 
 
 def main() -> None:
     t = time.perf_counter()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
     # warm up the numba kernels (compiled once, cached on disk)
     small = DigitsConvNet()
     xs = digits_like_input(4)
