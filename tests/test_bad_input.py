@@ -255,6 +255,12 @@ def test_override_is_warned_about_and_recorded(work, tmp_path):
     assert options["override_activation"] is True
     assert {(o["layer"], o["code"], o["used"]) for o in options["activation_overrides"]} == {
         ("spike", 4, 3), ("spike2", 2, 3)}
+    with pytest.warns(UserWarning, match="activation override"):
+        res = invoke("verify", work["model"], *ARCH, "--data", work["good"], "--spike-d", "3",
+                     "--override-activation", "--json")
+    assert res.exit_code in (0, 1), res.output  # 1: the model's own forward may now differ
+    checks = json.loads(res.output[res.output.index("{"):])["checks"]
+    assert [c["data"]["overrides"][0]["used"] for c in checks if c["name"] == "activation_overrides"] == [3]
 
 
 def test_a_nir_file_states_its_settings_unless_foreign(work, tmp_path):
