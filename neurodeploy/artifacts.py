@@ -443,6 +443,6 @@ def _read_manifest(path: Path) -> dict:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise NeurodeployError(f"{path} is not readable JSON: {e}", fix=NO_VERIFY_HINT) from None
-    if not isinstance(manifest, dict):
-        raise NeurodeployError(f"{path} is not a neurodeploy manifest (not a JSON object)", fix=NO_VERIFY_HINT)
+    if not is_our_manifest(manifest):
+        raise NeurodeployError(f"{path} was not written by neurodeploy", fix=NO_VERIFY_HINT)
     return manifest

@@ -212,6 +212,8 @@ def _scale_q(doc):
 ARTIFACT_FAULTS = {
     "manifest_missing": ("sim", _delete("manifest.json")),
     "manifest_not_json": ("sim", _write_text("manifest.json", "{ not json")),
+    "manifest_not_ours": ("sim", _edit_json("manifest.json", lambda d: [d.pop(k) for k in ("generator", "versions")
+                                                                       if k in d])),
     "graph_weights_edited": ("sim", _graph_weight_shape),
     "sim_program_thresholds_edited": ("sim", _edit_json("sim_program.json", _scale_threshold)),
     "graph_unknown_field": ("sim", _graph_json(_add_unknown_field)),

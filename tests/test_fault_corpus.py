@@ -206,6 +206,8 @@ ROWS = [
     # -- compiled artefacts: checked against manifest.json ---------------------------------------
     R("simulate-manifest-missing", 2, r"manifest\.json.*missing", lambda x: simulate(x.art("manifest_missing"))),
     R("simulate-manifest-not-json", 2, r"manifest\.json", lambda x: simulate(x.art("manifest_not_json"))),
+    R("simulate-manifest-not-ours", 2, r"manifest\.json was not written by neurodeploy",
+      lambda x: simulate(x.art("manifest_not_ours"))),
     R("simulate-graph-edited", 2, r"graph\.ir\.npz.*changed", lambda x: simulate(x.art("graph_weights_edited"))),
     R("simulate-sim-program-thresholds-edited", 2, r"sim_program\.json.*changed",
       lambda x: simulate(x.art("sim_program_thresholds_edited"))),
