@@ -161,17 +161,17 @@ def test_force_keeps_every_foreign_file(tmp_path, previous_output):
     (out / "plots" / "a.png").write_bytes(b"png")
     foreign = {k: v for k, v in snapshot(out).items() if k.startswith(("NOTES", "plots"))}
     assert compile_demo(out).exit_code == 2  # a previous output with files of the user: refused
-    res = compile_demo(out, "--force", "--data", DATA, "--limit", 4, "--no-verify")
+    res = compile_demo(out, "--force", "--emit", "routing")
     assert res.exit_code == 0, res.output
     after = snapshot(out)
     assert {k: after.get(k) for k in foreign} == foreign
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["generator"] == GENERATOR
-    assert set(manifest["artefacts"]) | {"manifest.json"} | set(foreign) == set(after)  # profile.* added
-    # again, without the data: the profile files of the earlier compile go, the user's files stay
+    assert manifest["generator"] == GENERATOR and "routing.npz" in manifest["artefacts"]
+    assert set(manifest["artefacts"]) | {"manifest.json"} | set(foreign) == set(after)
+    # again, without --emit routing: the routing files of the earlier compile go, the user's files stay
     res = compile_demo(out, "--force")
     assert res.exit_code == 0, res.output
-    assert not (out / "profile.json").exists()
+    assert not (out / "routing.npz").exists()
     assert {k: snapshot(out).get(k) for k in foreign} == foreign
     assert temp_leftovers(tmp_path) == []
 
@@ -200,12 +200,15 @@ def test_a_manifest_version_1_output_without_the_marker_is_ours(tmp_path, previo
 # -- replace only after every step succeeded -------------------------------------------------------
 
 def test_failed_verify_leaves_the_previous_output_exactly(tmp_path, previous_output, monkeypatch):
-    from neurodeploy.verify import VerifyReport
+    import neurodeploy.api
+    from neurodeploy.verify import ExtraCheck, VerifyReport
 
     out = copy_output(previous_output, tmp_path / "out")
     before = snapshot(tmp_path)
-    monkeypatch.setattr(VerifyReport, "ok", lambda self, *a, **k: False)
-    res = compile_demo(out, "--data", DATA, "--limit", 4, "--verify")
+    # a verification that fails (the comparison itself is tested in test_verify*.py; here: what is written)
+    failing = VerifyReport(required_exact=(), checks=[ExtraCheck("counts", False, "layer x: 3 counts differ", {})])
+    monkeypatch.setattr(neurodeploy.api, "verify_prepared", lambda *a, **k: failing)
+    res = compile_demo(out, "--data", DATA, "--limit", 4, "--verify", "--no-profile")
     assert res.exit_code == 1
     assert "was not written" in res.output and "--no-verify" in res.output
     assert snapshot(tmp_path) == before
