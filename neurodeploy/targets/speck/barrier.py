@@ -82,8 +82,9 @@ from .layers import INPUT, SpeckNet, bias_vec, extract, weight4
 
 GATE_MAX = 127  # 8-bit weights: the largest increment one gate event can add
 STATE_MIN, STATE_MAX = -(2 ** 15), 2 ** 15 - 1
-BOUNDS = ("weights", "budget")
+BOUNDS = ("weights", "budget", "calibration")
 DEFAULT_INPUT_BOUND = 8  # quantize's max_input_events: the calibration peak is coded as 8 events
+DEFAULT_MARGIN = 2.0  # bounds='calibration': hold for twice the largest partial sums seen
 
 
 @dataclass
@@ -209,11 +210,18 @@ def _input_bounds(net: SpeckNet, l, graph: ir.Graph, done: dict, input_bound: in
     return c
 
 
-def plan_barrier(graph: ir.Graph, *, bounds: str = "budget", input_bound: int | None = None,
-                 strict: bool = True) -> BarrierPlan:
+def plan_barrier(graph: ir.Graph, *, bounds: str | None = None, input_bound: int | None = None,
+                 strict: bool = True, calibration=None, margin: float | None = None) -> BarrierPlan:
     """The barrier of every layer of a Speck-quantised graph (see the module docstring).
     ``strict=False``: record layers whose state cannot hold it in ``plan.violations`` (headroom
-    ratio) instead of raising."""
+    ratio) instead of raising. ``bounds='calibration'`` (*assumed*): P and N are ``margin`` × the
+    largest partial sums the calibration batch produces (capped by the 'budget' bound); a sample
+    beyond them can fire early (the simulator then shows in-budget neurons wrong). Options left None
+    are those ``quantize_for_barrier`` recorded in ``graph.metadata['barrier']`` (else 'budget', 8, 2)."""
+    chosen = graph.metadata.get("barrier") or {}
+    bounds = bounds or chosen.get("bounds", "budget")
+    input_bound = input_bound if input_bound is not None else chosen.get("input_bound")
+    margin = margin if margin is not None else chosen.get("margin", DEFAULT_MARGIN)
     if bounds not in BOUNDS:
         raise NeurodeployError(f"unknown barrier bound {bounds!r}", fix=f"use one of {BOUNDS}")
     if not graph.is_quantized:
@@ -223,15 +231,28 @@ def plan_barrier(graph: ir.Graph, *, bounds: str = "budget", input_bound: int | 
     if input_bound is None:
         input_bound = DEFAULT_INPUT_BOUND
     plan = BarrierPlan({}, bounds, int(input_bound))
+    observed = None
+    if bounds == "calibration":
+        stored = graph.metadata.get("barrier_observed")  # written by quantize_for_barrier
+        if calibration is not None:
+            observed = observed_partial_sums(graph, calibration)
+        elif stored:
+            observed = {k: (np.asarray(v[0], np.int64), np.asarray(v[1], np.int64)) for k, v in stored.items()}
+        else:
+            raise NeurodeployError("bounds='calibration' needs a calibration batch", fix="pass calibration=x")
+        plan.notes.append(f"hold from the calibration batch's largest partial sums x{margin:g} (assumed)")
     if inp.is_spikes:
         plan.notes.append(f"spiking input: assumed <= {input_bound} events per pixel per sample (input_bound)")
     for lname, l in net.layers.items():
         node, neuron = graph.nodes[lname], graph.nodes[l.neuron]
         theta, D = int(neuron.threshold_q), int(neuron.max_spikes)
         w = weight4(node, l, quantized=True).astype(np.int64)  # [F, C, kh, kw]
-        cb = _input_bounds(net, l, graph, plan.layers, int(input_bound), bounds)
+        cb = _input_bounds(net, l, graph, plan.layers, int(input_bound), "weights" if bounds == "weights" else "budget")
         P = (np.clip(w, 0, None) * cb[None, :, None, None]).sum((1, 2, 3))
         N = (np.clip(-w, 0, None) * cb[None, :, None, None]).sum((1, 2, 3))
+        if observed is not None:
+            P = np.minimum(P, np.ceil(margin * observed[lname][0]).astype(np.int64))
+            N = np.minimum(N, np.ceil(margin * observed[lname][1]).astype(np.int64))
         v0 = int(neuron.v_init_q or 0) + bias_vec(node, quantized=True).astype(np.int64)
         gates, hold = release_gates(P + v0 - theta + 1, theta, D, l.channels_in)
         low = max(STATE_MIN, int(neuron.low_threshold_q if neuron.low_threshold_q is not None else STATE_MIN))
@@ -257,8 +278,40 @@ def plan_barrier(graph: ir.Graph, *, bounds: str = "budget", input_bound: int | 
     return plan
 
 
+def observed_partial_sums(graph: ir.Graph, x) -> dict:
+    """{layer: (P[f], N[f])}: the largest positive / negative partial sums Σ max(±w, 0)·c over the
+    batch ``x`` and the output positions, with the layer-barrier counts (the closed form) as input."""
+    import copy
+
+    import torch
+
+    from ... import ops
+    counts = ops.evaluate(graph, ops.as_tensor(x), quantized=True)
+    net = extract(graph)
+    vals, out = {}, {}
+    with torch.no_grad():
+        for name in graph.topo_order():
+            node = graph.nodes[name]
+            ins = [vals[i] for i in graph.inputs_of(name)]
+            if isinstance(node, ir.Input):
+                vals[name] = ops.quantize_input(node, ops.as_tensor(x), True)
+            elif isinstance(node, ir.IFNeuron):
+                vals[name] = counts[name].to(ops.DTYPE)
+            else:
+                if name in net.layers:
+                    sums = []
+                    for sign in (1, -1):
+                        part = copy.copy(node)
+                        part.weight_q, part.bias_q = np.clip(sign * np.asarray(node.weight_q), 0, None), None
+                        s = ops.linear_op(part, ins, True)
+                        sums.append(s.reshape(s.shape[0], s.shape[1], -1).amax((0, 2)).numpy().astype(np.int64))
+                    out[name] = tuple(sums)
+                vals[name] = ops.linear_op(node, ins, True)
+    return out
+
+
 def quantize_for_barrier(graph: ir.Graph, calibration=None, *, bounds: str = "budget",
-                         input_bound: int | None = None, **qopts) -> tuple:
+                         input_bound: int | None = None, margin: float = DEFAULT_MARGIN, **qopts) -> tuple:
     """Speck quantisation whose layers the barrier fits into the 16-bit state: the quantiser's scales,
     shrunk for each layer whose hold + negative partial sums exceed the state (reported in
     ``metadata['quantization']['barrier_scales']``). Returns (quantised graph, plan)."""
@@ -275,7 +328,8 @@ def quantize_for_barrier(graph: ir.Graph, calibration=None, *, bounds: str = "bu
     limited_by = {l: r.get("limited_by") for l, r in qg.metadata["quantization"]["layers"].items()}
     shrunk = {}
     for _ in range(40):
-        plan = plan_barrier(qg, bounds=bounds, input_bound=input_bound, strict=False)
+        plan = plan_barrier(qg, bounds=bounds, input_bound=input_bound, strict=False, calibration=calibration,
+                            margin=margin)
         if not plan.violations:
             qg.metadata["quantization"]["barrier_scales"] = shrunk
             for l, r in qg.metadata["quantization"]["layers"].items():
@@ -284,6 +338,10 @@ def quantize_for_barrier(graph: ir.Graph, calibration=None, *, bounds: str = "bu
                            for l, f in shrunk.items()]
             for w in caught:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            qg.metadata["barrier"] = {"bounds": bounds, "input_bound": input_bound, "margin": margin}
+            if bounds == "calibration":
+                obs = observed_partial_sums(qg, calibration)
+                qg.metadata["barrier_observed"] = {k: [v[0].tolist(), v[1].tolist()] for k, v in obs.items()}
             return qg, plan
         scales = {l: r["scale"] for l, r in qg.metadata["quantization"]["layers"].items()}
         for l, ratio in plan.violations.items():
@@ -291,7 +349,7 @@ def quantize_for_barrier(graph: ir.Graph, calibration=None, *, bounds: str = "bu
             scales[l] *= f
             shrunk[l] = shrunk.get(l, 1.0) * f
         qg, caught = quantize_quietly(**{**qopts, "scales": scales})
-    plan_barrier(qg, bounds=bounds, input_bound=input_bound)  # raises, naming the layer
+    plan_barrier(qg, bounds=bounds, input_bound=input_bound, calibration=calibration, margin=margin)  # raises
     raise NeurodeployError("the barrier does not fit after shrinking the scales")
 
 

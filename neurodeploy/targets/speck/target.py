@@ -189,7 +189,7 @@ class SpeckTarget(Target):
 _QUANTIZE_OPTIONS = ("input_scale", "max_input_events", "low_threshold", "bias_bits", "scales", "bias_mode")
 
 
-_BARRIER_OPTIONS = ("bounds", "input_bound")
+_BARRIER_OPTIONS = ("bounds", "input_bound", "margin")
 
 
 def _uses_barrier(options: dict) -> bool:
