@@ -48,8 +48,12 @@ class Prepared:
 
 def prepare(model: str | Path, *, arch: str | None = None, arch_kwargs: dict | None = None,
             trust: bool = False, input_shape: tuple | None = None, until: str | None = None,
-            spike: dict | None = None, override_activation: bool = False, fold: bool = True) -> Prepared:
+            spike: dict | None = None, override_activation: bool = False,
+            data_shape: tuple | None = None, fold: bool = True) -> Prepared:
     """Load ``model`` safely and convert it to a canonical IR graph.
+
+    ``data_shape``: the per-sample shape of the ``--data`` inputs, used as the input shape when
+    neither ``input_shape`` nor the model file gives one (TorchScript, pickled modules).
 
     ``spike`` settings that contradict what the model's code states (D, rounding, norm) are refused
     unless ``override_activation``; an override is then warned about and kept in ``options``.
@@ -61,6 +65,9 @@ def prepare(model: str | Path, *, arch: str | None = None, arch_kwargs: dict | N
     loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
     if until is None and loaded.extras:
         until = loaded.extras.get("until")
+    if input_shape is None and data_shape is not None and loaded.module is not None \
+            and not (loaded.extras or {}).get("input_shape"):
+        input_shape = tuple(data_shape)
     graph = to_graph(loaded, input_shape, until=until, spike=spike, override_activation=override_activation)
     options = {"arch": arch, "arch_kwargs": arch_kwargs or {}, "trust": trust,
                "input_shape": list(graph.nodes[graph.input_names()[0]].input_shape),
@@ -82,10 +89,39 @@ def canonical_with_cut(graph: ir.Graph) -> ir.Graph:
         raise
 
 
-def _check(target, graph: ir.Graph) -> None:
-    violations = target.check(graph)
+def _data_shape(data, load_options: dict) -> tuple | None:
+    """Per-sample shape of the ``data`` file's inputs, when the model may need it as its input shape."""
+    if not data or load_options.get("input_shape") is not None:
+        return None
+    return tuple(load_data(data, 1).x.shape[1:])
+
+
+def calibration_inputs(calibration, dataset: Dataset | None, input_shape=None) -> tuple[Any, str]:
+    """The inputs quantisers choose scales from, and a note saying where they came from: the
+    ``--calibration`` file, else the ``--data`` inputs (they double as calibration), else none."""
+    if calibration:
+        return load_data(calibration, input_shape=input_shape).x, f"calibration file {Path(calibration).name}"
+    if dataset is not None:
+        return dataset.x, (f"--data {Path(dataset.path).name} (no --calibration given: the data double "
+                           "as calibration)")
+    return None, "no calibration data (the target's default input range)"
+
+
+def _check(target, graph: ir.Graph, *inputs) -> None:
+    """Every design-rule violation at once; targets whose rules depend on the input values (Speck:
+    no negative input events) also see the data/calibration inputs."""
+    import inspect
+
+    inputs = [np.asarray(a) for a in inputs if a is not None and np.asarray(a).size]
+    if inputs and "inputs" in inspect.signature(target.check).parameters:
+        violations = target.check(graph, inputs=min(inputs, key=lambda a: float(a.min())))
+    else:
+        violations = target.check(graph)
     if violations:
-        raise DesignRuleError(violations, target.name)
+        from .passes.cut import with_until_proposal
+
+        raise with_until_proposal(DesignRuleError(violations, target.name), graph,
+                                  accept=lambda prefix: not target.check(prefix))
 
 
 @dataclass
@@ -96,6 +132,7 @@ class CompileResult:
     quantized: ir.Graph
     profile: Any = None
     verify: Any = None
+    calibration_note: str = ""
     written: bool = False  # False when verification failed: out_dir was left as it was
 
 
@@ -120,16 +157,17 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
 
     inputs = _input_files(model, load_options.get("arch"), data, calibration)
     check_output(out_dir, force=force, inputs=inputs)  # refuse a folder that would lose files, before the work
-    prepared = prepare(model, **load_options)
+    prepared = prepare(model, **load_options, data_shape=_data_shape(data, load_options))
     tgt = get_target(target)
     target_options = dict(target_options or {})
-    _check(tgt, prepared.canonical)
-    calib = load_data(calibration).x if calibration else None
+    shape = prepared.options["input_shape"]
+    dataset = load_data(data, limit, input_shape=shape) if data else None
+    calib, calib_note = calibration_inputs(calibration, dataset, shape)
+    _check(tgt, prepared.canonical, calib, None if dataset is None else dataset.x)
     quantized = tgt.quantize(prepared.canonical, calibration=calib, **target_options)
     mapping = tgt.map(quantized, **target_options)
-    dataset = load_data(data, limit) if data else None
 
-    result = CompileResult(Path(out_dir), {}, {}, quantized)
+    result = CompileResult(Path(out_dir), {}, {}, quantized, calibration_note=calib_note)
     with ArtifactDir(out_dir, force=force, inputs=inputs) as art:
         save_graph(quantized, art.path("graph.ir.npz"))
         if has_host_ops(quantized):  # NIR has no activation × activation product: the host part is a program
@@ -147,7 +185,7 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
             art.path("profile.csv").write_text(result.profile.format("csv"))
             result.profile.plot(art.path("profile.png"))
         if dataset is not None and verify:
-            result.verify = verify_prepared(prepared, quantized, dataset, target=target)
+            result.verify = verify_prepared(prepared, quantized, dataset, target=target, calibration_note=calib_note)
             write_json(art.path("verify.json"), result.verify.to_dict())
             if not result.verify.ok():
                 art.discard()
@@ -207,29 +245,32 @@ REQUIRED_EXACT = {"sim": ("sync",), "speck": (), "loihi": ()}
 
 
 def verify_prepared(prepared: Prepared, quantized: ir.Graph, dataset: Dataset, *, target: str = "sim",
-                    schedules: tuple[str, ...] | None = None, runtime: str = "sim"):
+                    schedules: tuple[str, ...] | None = None, runtime: str = "sim", calibration_note: str = ""):
     """Compare the model's own PyTorch forward with the target simulation, layer by layer.
 
-    sim: the layer-synchronous schedule must be exact; streaming is reported. speck: the quantised
+    sim: two separate checks (:mod:`neurodeploy.precision`): *conversion exactness* -- the program's
+    layer-synchronous run must equal the integer reference of the same quantised parameters
+    exactly; *precision* -- every difference between that integer reference and the model's float
+    forward must be explained by the fixed-point precision (a value within the error bound of a
+    rounding boundary, or propagated from such a flip). Streaming is reported. speck: the quantised
     layer barrier and the chip's asynchronous rules are reported, with the causes of deviation
     separated (the Speck ladder). loihi: the Loihi fixed-point simulation is reported; with
     ``runtime='lava'`` the .net file also runs in Lava's fixed-point CPU model and must equal the
     simulator exactly (counts and spike times).
     """
-    from .converters.capture import capture_counts
     from .targets import get_target
     from .verify import ExtraCheck, build_report
 
-    if prepared.module is None:
-        raise NeurodeployError("verify needs the PyTorch model (checkpoint + --arch, TorchScript or exported "
-                               "program); a NIR/ONNX file has no forward of its own",
-                               fix="verify against the model file the NIR/ONNX was made from")
+    if prepared.module is None and prepared.loaded.format != "onnx":
+        raise NeurodeployError("verify needs the model's own forward (checkpoint + --arch, TorchScript, exported "
+                               "program, or ONNX through onnx.reference); a NIR file has no forward of its own",
+                               fix="verify against the model file the NIR was made from")
     if runtime == "lava" and target != "loihi":
         raise NeurodeployError("--runtime lava needs --target loihi")
     schedules = tuple(schedules or TARGET_SCHEDULES[target])
     if target != "sim" or has_host_products(quantized):
         schedules = tuple(s for s in schedules if s != "streaming") or TARGET_SCHEDULES[target]
-    reference = capture_counts(prepared.module, prepared.graph, dataset.x)
+    reference = _reference_counts(prepared, dataset.x)
     tgt = get_target(target)
     results = {s: tgt.simulate(quantized, dataset.x, schedule=s) for s in schedules}
     report = build_report(reference, results, quantized, probe=prepared.probe, labels=dataset.y)
@@ -239,6 +280,8 @@ def verify_prepared(prepared: Prepared, quantized: ir.Graph, dataset: Dataset, *
     if overrides:
         report.checks.append(ExtraCheck("activation_overrides", True, _overrides_text(overrides),
                                         {"overrides": overrides}, required=False))
+    if target == "sim":
+        _exactness_and_precision(report, reference, results, quantized, dataset.x, calibration_note)
     if target == "speck":
         probe = prepared.probe
         ladder = tgt.verify(prepared.canonical, dataset.x, qgraph=quantized, labels=dataset.y,
@@ -250,6 +293,32 @@ def verify_prepared(prepared: Prepared, quantized: ir.Graph, dataset: Dataset, *
         lava = verify_lava(quantized, dataset.x)
         report.checks.append(ExtraCheck("lava_vs_simulator", bool(lava["exact"]), _lava_text(lava), lava))
     return report
+
+
+def _reference_counts(prepared: Prepared, x) -> dict:
+    """Spike counts from the model's own forward: PyTorch (float64), or for an ONNX file the ONNX
+    reference evaluator (``onnx.reference``, float64)."""
+    if prepared.module is None:
+        from .converters.onnx_reference import onnx_capture_counts
+
+        return onnx_capture_counts(prepared.loaded.path, prepared.graph, x)
+    from .converters.capture import capture_counts
+
+    return capture_counts(prepared.module, prepared.graph, x)
+
+
+def _exactness_and_precision(report, reference: dict, results: dict, quantized: ir.Graph, x, note: str) -> None:
+    """sim target: program vs integer reference (exact), integer reference vs model (explained)."""
+    from .precision import exactness, integer_reference, precision
+    from .targets import get_target
+    from .verify import _ref_key
+
+    full = integer_reference(quantized, x)
+    sync = results["sync"] if "sync" in results else get_target("sim").simulate(quantized, x, schedule="sync")
+    report.exactness = exactness(full, sync.counts, quantized)
+    model = {n: reference[k] for n in quantized.neurons() if (k := _ref_key(reference, quantized, n))}
+    report.precision = precision(quantized, x, model, full, calibration=note)
+    report.required_exact = ()  # sync vs model is judged by the two checks above
 
 
 def has_host_ops(graph: ir.Graph) -> bool:
@@ -287,23 +356,28 @@ def verify(model: str | Path, *, data: str | Path, target: str = "sim", limit: i
     """Load, convert and quantise ``model`` for ``target``, then verify spike counts on ``data``."""
     from .targets import get_target
 
-    prepared = prepare(model, **load_options)
+    prepared = prepare(model, **load_options, data_shape=_data_shape(data, load_options))
     tgt = get_target(target)
-    _check(tgt, prepared.canonical)
-    calib = load_data(calibration).x if calibration else None
+    shape = prepared.options["input_shape"]
+    dataset = load_data(data, limit, input_shape=shape)
+    calib, calib_note = calibration_inputs(calibration, dataset, shape)
+    _check(tgt, prepared.canonical, calib, dataset.x)
     quantized = tgt.quantize(prepared.canonical, calibration=calib, **(target_options or {}))
-    return verify_prepared(prepared, quantized, load_data(data, limit), target=target, schedules=schedules,
-                           runtime=runtime)
+    return verify_prepared(prepared, quantized, dataset, target=target, schedules=schedules, runtime=runtime,
+                           calibration_note=calib_note)
 
 
 def profile(model: str | Path, *, data: str | Path, target: str = "sim", limit: int | None = None,
-            energy: dict | None = None, **load_options):
-    """Per-layer SynOps / MACs / firing rates / energy of ``model`` on ``data``."""
+            energy: dict | None = None, calibration: str | Path | None = None, **load_options):
+    """Per-layer SynOps / MACs / firing rates / energy of ``model`` on ``data`` (quantised with scales
+    from ``calibration``, else from ``data``, as ``compile`` does)."""
     from .targets import get_target
 
-    prepared = prepare(model, **load_options)
-    quantized = get_target(target).quantize(prepared.canonical)
-    return run_profile(quantized, load_data(data, limit).x, energy=energy)
+    prepared = prepare(model, **load_options, data_shape=_data_shape(data, load_options))
+    dataset = load_data(data, limit, input_shape=prepared.options["input_shape"])
+    calib, _ = calibration_inputs(calibration, dataset, prepared.options["input_shape"])
+    quantized = get_target(target).quantize(prepared.canonical, calibration=calib)
+    return run_profile(quantized, dataset.x, energy=energy)
 
 
 __all__ = ["prepare", "compile", "verify", "profile", "run_profile", "verify_prepared", "CompileResult", "Prepared"]

@@ -44,6 +44,11 @@ def _count(n: int) -> str:
     return f"{n:,}"
 
 
+def _width(layers) -> int:
+    """Column width for full layer names (names are not cut: two layers must stay apart)."""
+    return max([24] + [len(lr.layer) for lr in layers])
+
+
 def mismatch_text(bad: int, total: int) -> str:
     """'0 / 602,112' style: an exact count, never a rounded percentage."""
     return f"{_count(bad)} / {_count(total)}"
@@ -89,14 +94,16 @@ class ExactnessReport:
     def table(self) -> str:
         status = "EXACT" if self.ok else "MISMATCH (a conversion bug: please report it)"
         lines = [f"conversion exactness — {self.compared}: {status}, "
-                 f"{mismatch_text(self.mismatches, self.n_values)} values differ",
-                 f"  {'layer':<24} {'shape':<16} {'differ / values':>22}  first mismatch"]
-        for lr in self.layers:
+                 f"{mismatch_text(self.mismatches, self.n_values)} values differ in {len(self.layers)} layers"]
+        bad = [lr for lr in self.layers if lr.mismatches]
+        if bad:  # an exact layer needs no row of its own
+            lines.append(f"  {'layer':<{_width(bad)}} {'shape':<16} {'differ / values':>22}  first mismatch")
+        for lr in bad:
             fm = ""
             if lr.first_mismatch:
                 m = lr.first_mismatch
                 fm = f"sample {m['sample']} idx {tuple(m['index'])}: reference {m['expected']}, program {m['got']}"
-            lines.append(f"  {lr.layer[:24]:<24} {str(tuple(lr.shape))[:16]:<16} "
+            lines.append(f"  {lr.layer:<{_width(bad)}} {str(tuple(lr.shape))[:16]:<16} "
                          f"{mismatch_text(lr.mismatches, lr.n_values):>22}  {fm}")
         return "\n".join(lines)
 
@@ -187,7 +194,8 @@ class PrecisionReport:
                  f"{self.total('unexplained')} unexplained"]
         if self.calibration:
             lines.append(f"  scales from {self.calibration}; input {self.input_frac_bits} fractional bits")
-        lines.append(f"  {'layer':<24} {'differ / values':>22} {'boundary':>8} {'propag.':>7} {'unexpl.':>7} "
+        w = _width(self.layers)
+        lines.append(f"  {'layer':<{w}} {'differ / values':>22} {'boundary':>8} {'propag.':>7} {'unexpl.':>7} "
                      f"{'bound (θ)':>9}  worst flip")
         for lr in self.layers:
             ex = ""
@@ -195,7 +203,7 @@ class PrecisionReport:
                 e = lr.example
                 ex = (f"sample {e['sample']} idx {tuple(e['index'])}: model {e['model']}, integer {e['integer']}, "
                       f"{e['distance']:.3g} θ from a boundary (bound {e['bound']:.3g})")
-            lines.append(f"  {lr.layer[:24]:<24} {mismatch_text(lr.mismatches, lr.n_values):>22} "
+            lines.append(f"  {lr.layer:<{w}} {mismatch_text(lr.mismatches, lr.n_values):>22} "
                          f"{lr.at_boundary:>8} {lr.propagated:>7} {lr.unexplained:>7} {lr.max_bound:>9.2g}  {ex}")
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
@@ -234,16 +242,33 @@ def _weight_layer(node, v: _Val, frac_out: int) -> _Val:
 _LINEAR_EXACT = (ir.Add, ir.SumPool2d, ir.Flatten, ir.Reshape, ir.Output)
 
 
-def _measured(q, real, frac):  # e.g. a host op on exact counts: its actual difference
-    return (q * 2.0 ** -frac - real).abs()
+def _measured(q, real, frac):
+    """A node without a bound of its own on exact inputs (e.g. a host op on spike counts): its
+    actual difference (None when there is none)."""
+    err = (q * 2.0 ** -frac - real).abs()
+    return None if not bool(err.any()) else err
+
+
+def _is_linear_exact(node) -> bool:
+    return isinstance(node, _LINEAR_EXACT) or (isinstance(node, ir.HostOp) and node.op == "permute")
+
+
+def _product_error(node, a: "_Val", b: "_Val") -> torch.Tensor:
+    """|a_q·b_q − a·b| <= |a|·e_b + e_a·|b| + e_a·e_b, as the same product (matmul / mul) of bounds."""
+    ea = torch.zeros_like(a.real) if a.err is None else a.err
+    eb = torch.zeros_like(b.real) if b.err is None else b.err
+    prod = lambda u, v: ops.linear_op(node, [u, v], quantized=False)  # noqa: E731
+    return prod(a.real.abs(), eb) + prod(ea, b.real.abs()) + prod(ea, eb)
 
 
 def _passthrough(node, ins: list[_Val], frac: int) -> _Val:
     real = ops.linear_op(node, [v.real for v in ins], quantized=False)
     q = ops.linear_op(node, [v.q for v in ins], quantized=True)
     if all(v.err is None for v in ins):
-        err = None if isinstance(node, _LINEAR_EXACT) else _measured(q, real, frac)
-    elif isinstance(node, _LINEAR_EXACT):
+        err = None if _is_linear_exact(node) else _measured(q, real, frac)
+    elif isinstance(node, ir.HostOp) and node.op in ("matmul", "mul") and len(ins) == 2:
+        err = _product_error(node, *ins)
+    elif _is_linear_exact(node):
         err = ops.linear_op(node, [torch.zeros_like(v.real) if v.err is None else v.err for v in ins],
                             quantized=False)
     else:

@@ -197,16 +197,18 @@ def test_sim_target_emit_deterministic_and_roundtrip(tmp_path):
         assert set(arts) == {"sim_program", "sim_program_description"}
         hashes.append({k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in arts.items()})
     assert hashes[0] == hashes[1]
-    back = load_graph(tmp_path / "o0" / "sim_program.npz")
+    # the program is the quantised graph, written once (no byte-identical sim_program.npz beside it)
+    assert sorted(p.name for p in (tmp_path / "o0").iterdir()) == ["graph.ir.npz", "sim_program.json"]
+    back = load_graph(tmp_path / "o0" / "graph.ir.npz")
     assert back.is_quantized and list(back.nodes) == list(q.nodes) and back.edges == q.edges
     a, b = t.simulate(q, x), t.simulate(back, x, schedule="sync")
     for n in q.neurons():
         np.testing.assert_array_equal(a.counts[n], b.counts[n])
     # numpy can read the arrays directly
-    with np.load(tmp_path / "o0" / "sim_program.npz") as z:
+    with np.load(tmp_path / "o0" / "graph.ir.npz") as z:
         assert "c1/weight_q.npy" in z.files or any(f.startswith("c1/") for f in z.files)
     p = save_graph(q, tmp_path / "g.npz")
-    assert p.read_bytes() == (tmp_path / "o0" / "sim_program.npz").read_bytes()
+    assert p.read_bytes() == (tmp_path / "o0" / "graph.ir.npz").read_bytes()
 
 
 def test_sim_target_check_reports_non_canonical():

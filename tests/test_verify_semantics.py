@@ -174,3 +174,100 @@ def test_loihi_lists_every_violation_with_limit_actual_and_fix():
     assert all(" is " in p and "allows" in p and "-- fix: " in p for p in probs), probs
     zero = next(p for p in probs if p.startswith("layer 'fc2'"))
     assert "all zero" in zero
+
+
+def test_input_bits_balance_input_and_weight_rounding():
+    """Real-valued calibration data: the automatic input fractional bits give a smaller actual
+    first-layer error than one bit more or less (the same total bits split differently)."""
+    g = canonicalize(random_conv_graph(4))
+    x = random_input(g, 16, 4) + 0.3  # real-valued, not dyadic
+    model = _float_counts(g, x)
+    auto = quantize_fixed_point(g, calibration=x).metadata["quantization"]["input_frac_bits"]
+
+    def first_layer_error(f):
+        q = quantize_fixed_point(g, calibration=x, input_frac_bits=f)
+        name, node, cur = next(teacher_forced_currents(q, x, model))
+        frac = q.metadata["quantization"]["frac_bits"][q.inputs_of(name)[0]]
+        return float((cur.q * 2.0 ** -frac - cur.real).abs().mean())
+
+    errors = {f: first_layer_error(f) for f in (auto - 2, auto, auto + 2)}
+    assert errors[auto] <= min(errors[auto - 2], errors[auto + 2]), errors
+
+
+def test_verify_onnx_input_uses_onnx_reference(tmp_path):
+    """--verify on an ONNX file: the reference forward is onnx.reference (float64), and it agrees
+    with the PyTorch model the file was exported from."""
+    import warnings
+
+    import torch
+
+    import models_for_tests as M
+    from neurodeploy import api
+    from neurodeploy.converters import capture_counts, from_onnx, from_torch
+    from neurodeploy.converters.onnx_reference import onnx_capture_counts
+
+    model, shape = M.build_model("metaspikeformer", dim=4, depth=1), (2, 8, 8)
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn((1,) + shape),), str(path), dynamo=False,
+                          training=torch.onnx.TrainingMode.PRESERVE)
+    x = np.random.default_rng(0).normal(size=(2,) + shape).astype(np.float32)
+    onnx_counts = onnx_capture_counts(path, from_onnx(path), x)
+    torch_counts = capture_counts(model, from_torch(model, shape), x)
+    assert [int(v.sum()) for v in onnx_counts.values()] == [int(v.sum()) for v in torch_counts.values()]
+    np.savez(tmp_path / "d.npz", x=x)
+    report = api.verify(path, data=tmp_path / "d.npz")
+    assert report.ok() and report.exactness.ok and report.precision.ok
+    assert "the data double as calibration" in report.precision.calibration
+
+
+def test_torchscript_takes_its_input_shape_from_data(tmp_path):
+    import torch
+
+    import models_for_tests as M
+    from neurodeploy import api
+    from neurodeploy.errors import NeurodeployError
+
+    p = tmp_path / "model.ts"
+    torch.jit.script(M.build_model("scriptable")).save(str(p))
+    with pytest.raises(NeurodeployError, match="--input-shape"):
+        api.prepare(p)  # no data: the shape is still needed
+    x = np.random.default_rng(0).normal(size=(4, 1, 8, 8))
+    np.savez(tmp_path / "d.npz", x=x)
+    report = api.verify(p, data=tmp_path / "d.npz")  # no --input-shape: the data fix it
+    assert report.ok() and report.n_samples == 4
+    prof = api.profile(p, data=tmp_path / "d.npz", calibration=tmp_path / "d.npz")
+    assert prof is not None
+
+
+def test_cli_torchscript_one_sample_is_quiet(tmp_path):
+    """TorchScript + one-sample data through the CLI: torch.export's 'Dim.AUTO ... 0/1 specialized'
+    log records (emitted through logging, past Python's warnings filters) are never created."""
+    import logging
+
+    import torch
+    from click.testing import CliRunner
+
+    import models_for_tests as M
+    from neurodeploy.cli import main
+
+    p = tmp_path / "model.ts"
+    torch.jit.script(M.build_model("scriptable")).save(str(p))
+    np.savez(tmp_path / "one.npz", x=np.random.default_rng(0).normal(size=(1, 1, 8, 8)))
+    seen = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("torch._export.non_strict_utils")
+    handler = Catch(level=logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        res = CliRunner().invoke(main, ["verify", str(p), "--data", str(tmp_path / "one.npz")])
+    finally:
+        logger.removeHandler(handler)
+    assert res.exit_code == 0, res.output
+    assert "conversion exactness" in res.output and "the data double as calibration" in res.output
+    assert not [m for m in seen if "specialized" in m], seen

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from .. import ir
 from ..errors import NeurodeployError
+from .quiet import quiet_export
 
 INTEGER_TOL = 1e-6
 
@@ -63,15 +64,12 @@ def _interpret(module, x: torch.Tensor, wanted: list[str]) -> dict[str, torch.Te
             parts.append({k: v[:real] for k, v in rec.values.items()})
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     if isinstance(module, torch.jit.ScriptModule):
-        import warnings
-
         from torch._export.converter import TS2EPConverter
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_export():
             ep = TS2EPConverter(copy.deepcopy(module).double(), (x,)).convert()
     else:
         model = copy.deepcopy(module).double().eval()
-        with torch.no_grad():
+        with torch.no_grad(), quiet_export():
             ep = torch.export.export(model, (x,))
     rec = _Recorder(ep.module(), wanted)
     with torch.no_grad():

@@ -1189,12 +1189,11 @@ def _export(module, input_shape):
         return module
     if isinstance(module, torch.jit.ScriptModule):
         try:
-            import warnings
-
             from torch._export.converter import TS2EPConverter
+
+            from .quiet import quiet_export
             example = torch.randn((EXPORT_BATCH,) + tuple(input_shape))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with quiet_export():  # "Dim.AUTO ... specialized" is torch.export's business, not the user's
                 return TS2EPConverter(module, (example,)).convert()
         except Exception as e:  # noqa: BLE001
             raise UnsupportedOpError(f"cannot convert the TorchScript model to an exported program: {e}",

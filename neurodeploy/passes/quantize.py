@@ -156,6 +156,23 @@ def integer_bounds(graph: ir.Graph, in_bound: int) -> tuple[dict[str, int], dict
     return B, M
 
 
+def _balanced_input_bits(node, frac_out: int, calibration) -> int:
+    """Input fractional bits F_in for a weight layer reading the real-valued input at ``frac_out``
+    bits: its pre-activation error is about S_w·2^-F_in (input rounding) + S_x·2^-(frac_out−F_in)
+    (weight rounding), S_w the typical row Σ|w| and S_x = fan-in · mean|x| over the calibration
+    data; the sum is smallest at F_in = (frac_out + log2(S_w/S_x)) / 2. Without calibration data:
+    half of ``frac_out``."""
+    from ..calibration import as_array
+
+    x = as_array(calibration)
+    w = np.abs(np.asarray(node.weight, dtype=np.float64)).reshape(node.weight.shape[0], -1)
+    s_w = float(w.sum(1).mean()) if w.size else 0.0
+    s_x = w.shape[1] * float(np.mean(np.abs(x))) if x is not None and w.size else 0.0
+    if s_w <= 0 or s_x <= 0:
+        return frac_out // 2
+    return int(round((frac_out + math.log2(s_w / s_x)) / 2))
+
+
 def _log2_floor(x: float) -> int:
     return int(math.floor(math.log2(x))) if x > 0 else 60
 
@@ -234,7 +251,9 @@ def quantize_fixed_point(graph: ir.Graph, calibration=None, *, input_frac_bits: 
             elif (k := dyadic_bits(calibration)) is not None:
                 F[d] = k  # calibration data are exact multiples of 2^-k (e.g. integer pixels): no input error
             else:
-                f = min([fmax[d]] + [fmax[c] // 2 for c in feeds.get(d, [])])
+                readers = [w for w in g.of_type(*ir.WEIGHT_NODES) if dom[g.inputs_of(w)[0]] == d]
+                f = min([fmax[d]] + [_balanced_input_bits(g.nodes[w], fmax[dom[w]], calibration) for w in readers]
+                        + [fmax[c] // 2 for c in feeds.get(d, []) if c not in {dom[w] for w in readers}])
                 F[d] = int(max(0, min(32, f)))
         elif d in fixed:
             F[d] = 0

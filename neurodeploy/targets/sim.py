@@ -2,9 +2,10 @@
 
 * ``quantize``: :func:`neurodeploy.passes.quantize_fixed_point` (power-of-two scale per scale
   group, every accumulation < 2**52, so float64 sums of the integers are exact).
-* ``emit``: the *simulator program* — ``sim_program.npz`` (the quantised graph, deterministic
-  bytes, :mod:`neurodeploy.ir_io`) and ``sim_program.json`` (a human-readable description: layers,
-  integer parameters' ranges, scale groups, schedules and their latency).
+* ``emit``: the *simulator program* — ``graph.ir.npz`` (the quantised graph, deterministic bytes,
+  :mod:`neurodeploy.ir_io`; the same file ``compile`` writes for every target, so there is one copy)
+  and ``sim_program.json`` (a human-readable description: layers, integer parameters' ranges, scale
+  groups, schedules and their latency).
 * ``simulate``: :func:`neurodeploy.simulator.simulate` (``schedule='sync'|'streaming'``).
 """
 
@@ -66,6 +67,9 @@ def describe(graph: ir.Graph) -> dict:
     }
 
 
+PROGRAM_FILE = "graph.ir.npz"  # the quantised graph is the program: no second copy under another name
+
+
 class SimTarget(Target):
     name = "sim"
 
@@ -99,8 +103,8 @@ class SimTarget(Target):
         if not graph.is_quantized:
             raise NeurodeployError("the sim program needs a quantised graph", fix="call SimTarget().quantize first")
         out_dir = Path(out_dir)
-        prog = save_graph(graph, out_dir / "sim_program.npz")
-        desc = atomic_write(out_dir / "sim_program.json", dumps_json(describe(graph)))
+        prog = save_graph(graph, out_dir / PROGRAM_FILE)
+        desc = atomic_write(out_dir / "sim_program.json", dumps_json({"program_file": PROGRAM_FILE, **describe(graph)}))
         return {"sim_program": prog, "sim_program_description": desc}
 
     def simulate(self, graph: ir.Graph, x, **options):
