@@ -15,9 +15,12 @@ def run(*args):
 
 
 def big_bias_model(tmp_path):
-    """conv_net with biases of ±3 (6x the weights' scale): the 8-bit bias rule would bind in leak mode."""
-    g = examples.conv_net()
-    g.nodes["conv1"].bias = np.full(4, 3.0) * np.array([1, -1, 1, -1])
+    """Two Linear layers, the first with biases of ±3 (6x its largest weight): the 8-bit bias rule would
+    bind in leak mode."""
+    rng = np.random.default_rng(0)
+    g = examples.chain([rng.normal(0, 0.2, (6, 4)), rng.normal(0, 0.3, (3, 6))], in_shape=(4,))
+    g.nodes["fc0"].weight[0, 0] = 0.5
+    g.nodes["fc0"].bias = np.array([3.0, -3.0, 1.0, 0.0, 2.0, -1.0])
     path = tmp_path / "net.nir"
     write_nir(g, path)
     return path
@@ -29,15 +32,15 @@ def test_bias_mode_and_bits_reach_the_speck_artefact(tmp_path):
     assert res.exit_code == 0, res.output
     conf = json.loads((tmp_path / "initial" / "speck_config.json").read_text())
     assert conf["bias_mode"] == "initial" and conf["quantization"]["bias_bits"] == 16
-    assert conf["quantization"]["layers"]["conv1"]["limited_by"] == "weights"
+    assert conf["quantization"]["layers"]["fc0"]["limited_by"] == "weights"
     assert "limited by" in (tmp_path / "initial" / "memory_report.txt").read_text()
 
     res = run("compile", model, "--target", "speck", "-o", tmp_path / "leak", "--bias-mode", "leak", "--bias-bits", 6)
     assert res.exit_code == 0, res.output
     conf = json.loads((tmp_path / "leak" / "speck_config.json").read_text())
-    layer = conf["quantization"]["layers"]["conv1"]
+    layer = conf["quantization"]["layers"]["fc0"]
     assert conf["bias_mode"] == "leak" and conf["quantization"]["bias_bits"] == 6 and layer["limited_by"] == "bias"
-    core = conf["cores"][str(conf["layer_to_core"]["conv1"])]
+    core = conf["cores"][str(conf["layer_to_core"]["fc0"])]
     assert max(abs(b) for b in core["biases"]) <= 32 and core["leak_enable"] is True
     manifest = json.loads((tmp_path / "leak" / "manifest.json").read_text())
     assert manifest["options"]["target_options"] == {"bias_mode": "leak", "bias_bits": 6}

@@ -94,3 +94,9 @@ def test_calibration_keeps_full_scale_unless_a_smaller_one_is_clearly_better():
     saturating = [(100.0, e0), (84.0, e0 * 0.5 + rng.normal(0, 0.001, 64))]  # halves the error
     S, why = _pick_calibrated_scale(saturating, 100.0)
     assert S == 84.0 and "full-range scale 100" in why
+
+
+def test_leak_mode_says_the_simulator_does_not_model_the_leak():
+    with pytest.warns(SpeckQuantizationWarning, match="slow-clock tick"):
+        qg = quantize(big_bias_chain(), bias_mode="leak")
+    assert any("slow-clock" in m for m in qg.metadata["quantization"]["warnings"])

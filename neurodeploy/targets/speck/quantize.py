@@ -235,6 +235,9 @@ def quantize(graph: ir.Graph, calibration=None, *, input_scale: float | None = N
                  f"(-32768 after scaling) or raise it")
         _apply_scale(g, lname, layer.neuron, S, lin, low, per_layer[lname])
 
+    if bias_mode == "leak" and any(g.nodes[l].bias is not None and np.any(g.nodes[l].bias) for l in net.layers):
+        warn("bias_mode='leak': the biases act on every slow-clock tick on the chip; the simulator and verify add "
+             "them once (as bias_mode='initial' does), so their results do not show the leak")
     g.metadata["quantization"] = {"target": "speck"}  # mark quantised for ops.evaluate
 
     calib_info = None
