@@ -149,3 +149,23 @@ def test_demo_compile_is_byte_identical_with_and_without_the_cache(cache, tmp_pa
     for name in names:
         off = (tmp_path / "off" / name).read_bytes()
         assert off == (tmp_path / "miss" / name).read_bytes() == (tmp_path / "hit" / name).read_bytes(), name
+
+
+def test_settings_objects_read_by_the_forward_are_part_of_the_key(model_file):
+    import argparse
+
+    mod = _import(model_file, "tc_model_g")
+    net = _net(mod)
+    net.cfg = argparse.Namespace(D=4)  # a library object holding settings
+    key = tc.trace_key(net, (1, 6, 6), None, None)
+    net.cfg.D = 8
+    assert key is not None and tc.trace_key(net, (1, 6, 6), None, None) != key
+    net.cfg = _Settings(4)  # an instance of user code: by its class and attributes
+    k1 = tc.trace_key(net, (1, 6, 6), None, None)
+    net.cfg.d = 8
+    assert k1 is not None and tc.trace_key(net, (1, 6, 6), None, None) != k1
+
+
+class _Settings:
+    def __init__(self, d):
+        self.d = d

@@ -8,14 +8,15 @@ pure function of what this key covers, so a second compile reads it back instead
   classes, train/eval mode, plain attributes such as ``max_value = 4``);
 * the source files of the code it runs that is neither torch, numpy, the standard library nor
   neurodeploy: the classes of its modules and everything reachable from their methods (functions,
-  autograd Functions, modules they name, recursively), plus the plain values of globals, class
-  attributes, defaults and closure cells they read;
+  autograd Functions, modules they name, recursively), plus the values of the globals, class
+  attributes, defaults and closure cells they read (plain data and tensors by content, settings
+  objects such as an ``argparse.Namespace`` or a config instance by their attributes);
 * the input shape, ``until``, the spike settings, the torch / numpy / Python versions and the
   sha256 of the neurodeploy sources the trace runs (torch_export.py, this file and every
   neurodeploy module they import: a change to the converter invalidates every entry).
 
 A model whose code cannot be pinned down this way is traced every time: forward hooks, a
-``forward`` patched onto an instance, code without a source file, closures over non-plain values.
+``forward`` patched onto an instance, code without a source file, objects it cannot describe.
 
 Entries are IR files (JSON + ``.npy`` in a zip, no pickles) written atomically, and a graph is
 stored only if it reads back identical (same node and key order, same types). ``NEURODEPLOY_CACHE=0``
@@ -162,6 +163,16 @@ def _module_tree(module, walker: "_CodeWalker") -> list:
     return out
 
 
+def _is_plain_tree(v) -> bool:
+    if isinstance(v, _PLAIN):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_is_plain_tree(x) for x in v)
+    if isinstance(v, dict):
+        return all(_is_plain_tree(k) and _is_plain_tree(x) for k, x in v.items())
+    return False
+
+
 def _tensor_digest(module) -> list:
     seen: dict[int, str] = {}
     out = []
@@ -262,16 +273,21 @@ class _CodeWalker:
         self.values: dict[str, object] = {}
         self.seen: set[int] = set()
 
-    def describe(self, value, where: str):
-        """A JSON-able description of a value code reads; code is walked, unknown objects refuse."""
+    def describe(self, value, where: str, depth: int = 0):
+        """A JSON-able description of a value code reads: plain data and tensors by content, code is
+        walked, other objects by their attributes (a few levels deep), else the model is refused."""
         import torch
 
+        if depth > 6:
+            raise _Uncacheable(f"{where}: nested too deeply")
+        d = depth + 1
         if isinstance(value, _PLAIN):
             return value if not isinstance(value, bytes) else {"bytes": value.hex()}
-        if isinstance(value, (list, tuple)):
-            return [type(value).__name__] + [self.describe(v, where) for v in value]
+        if isinstance(value, (list, tuple, set, frozenset)):
+            items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+            return [type(value).__name__] + [self.describe(v, where, d) for v in items]
         if isinstance(value, dict):
-            return {"dict": [[self.describe(k, where), self.describe(v, where)] for k, v in value.items()]}
+            return {"dict": [[self.describe(k, where, d), self.describe(v, where, d)] for k, v in value.items()]}
         if isinstance(value, torch.Tensor):
             return {"tensor": _tensor_sha(value)}
         if isinstance(value, np.ndarray):
@@ -280,15 +296,21 @@ class _CodeWalker:
         if isinstance(value, (np.generic, torch.dtype, torch.device, torch.Size)):
             return {"scalar": repr(value)}
         if isinstance(value, functools.partial):
-            return {"partial": [self.describe(value.func, where), self.describe(value.args, where),
-                                self.describe(value.keywords, where)]}
-        if isinstance(value, torch.nn.Module):
-            return {"module": type(value).__qualname__}  # children are in the module tree
+            return {"partial": [self.describe(value.func, where, d), self.describe(value.args, where, d),
+                                self.describe(value.keywords, where, d)]}
+        if isinstance(value, torch.nn.Module):  # e.g. a module kept in a global: its weights count too
+            self.visit(type(value))
+            return {"module": [_module_id(type(value)), type(value).__qualname__, _tensor_digest(value)]}
         if isinstance(value, _CODE) or (callable(value) and _is_library(value)):
             self.visit(value)
             return {"code": [_module_id(value), getattr(value, "__qualname__", type(value).__qualname__)]}
-        if _is_library(value):
-            return {"object": [type(value).__module__, type(value).__qualname__]}
+        state = getattr(value, "__dict__", None)
+        if _is_library(value):  # e.g. argparse.Namespace of settings: by its plain attributes
+            plain = {k: v for k, v in (state or {}).items() if not k.startswith("_") and _is_plain_tree(v)}
+            return {"object": [type(value).__module__, type(value).__qualname__, self.describe(plain, where, d)]}
+        if isinstance(state, dict):  # an instance of user code (a config object): class and attributes
+            self.visit(type(value))
+            return {"instance": [_module_id(type(value)), type(value).__qualname__, self.describe(state, where, d)]}
         raise _Uncacheable(f"{where}: a {type(value).__qualname__} object")
 
     def visit(self, obj) -> None:
