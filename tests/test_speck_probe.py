@@ -22,6 +22,9 @@ HAND = {
     "fires_at_threshold": [[(0, 0, 1)]],
     # w = -15, -15, +15, +15 with threshold_low -20: -15, -20 (floor), -5, 10 -> spike at e3 (no floor: -15,-30,-15,0)
     "threshold_low_saturation": [[(0, 0, 3)]],
+    # w = 127, θ = 32767: 258 events -> 32766; e258 -> 32893, saturates at 32767 -> spike -> 0; 258 more -> 32766,
+    # silent. A wrapping state (-32643 after e258) gives 0 spikes, a wider one (126 left, 32892 at e516) gives 2
+    "state_saturates_at_16_bits": [[(0, 0, 258)]],
     # core 1 (w = 5 from core 0's neuron, 10 on the host-only feature 1): e0 f1 -> 10 spike; e1, e2 f0 -> 5, 10
     # spike at e2; e3 to core 0 (w = 1): v = 1, nothing
     "host_event_to_any_core": [[(1, 0, 0), (1, 0, 2)]],

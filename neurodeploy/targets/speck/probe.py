@@ -117,6 +117,12 @@ def probes() -> list[Probe]:
               "min_v_mem to it); saturation rather than a wrap or a reset is assumed",
               "0 spikes: the state went below threshold_low (no floor); other counts: it wraps or resets",
               _graph([_layer([[15, -15]], 10, low=-20)]), [[("fc0", 1), ("fc0", 1), ("fc0", 0), ("fc0", 0)]]),
+        Probe("state_saturates_at_16_bits", "the state saturates at the top of the signed 16-bit range (32767)",
+              "the release lifts held neurons by up to the hold; a state that wrapped would lose the count",
+              "assumed", "the 16-bit state is documented (samna Speck key features); saturation rather than a "
+              "wrap or a wider accumulator is assumed",
+              "0 spikes: the state wraps around; 2 spikes: the state is wider than 16 bits",
+              _graph([_layer([[127]], 32767)]), [one * 517]),
         Probe("host_event_to_any_core", "the host may send an input event to any core, on any of its input "
               "features — also one that no source layer produces (an extra 'gate' feature)",
               "the gate events: the host releases each layer through an extra input feature of its core",
