@@ -100,3 +100,11 @@ def test_leak_mode_says_the_simulator_does_not_model_the_leak():
     with pytest.warns(SpeckQuantizationWarning, match="slow-clock tick"):
         qg = quantize(big_bias_chain(), bias_mode="leak")
     assert any("slow-clock" in m for m in qg.metadata["quantization"]["warnings"])
+
+
+def test_a_layer_using_few_weight_bits_says_which_limit_binds():
+    qg = q(big_bias_chain(), bias_mode="leak")  # 8-bit bias of 3 vs weights of 0.5: max |w_q| = 21
+    assert qg.metadata["quantization"]["layers"]["fc0"]["max_abs_weight_q"] == 21
+    msg = [m for m in qg.metadata["quantization"]["warnings"] if "max |w_q| = 21" in m]
+    assert msg and "limited by bias" in msg[0] and "bias allows scale 42.33" in msg[0]
+    assert not any("max |w_q|" in m for m in q(big_bias_chain()).metadata["quantization"]["warnings"])

@@ -128,6 +128,13 @@ def _apply_scale(graph: ir.Graph, lname: str, nname: str, S: float, s_in: float,
                   weights_above_threshold=int(np.count_nonzero(np.abs(wnode.weight_q) > neuron.threshold_q)))
 
 
+def _limit_reason(rep: dict) -> str:
+    if rep.get("calibration_reason"):
+        return rep["calibration_reason"]
+    lim = rep["limits"]
+    return ", ".join(f"{k} allows scale {v:.4g}" for k, v in sorted(lim.items(), key=lambda kv: kv[1])[:2])
+
+
 def _check_bias_range(g: ir.Graph, lname: str, rep: dict, bias_mode: str, bias_bits: int) -> None:
     """The bias where the artefact stores it must fit (reachable with user-forced ``scales``)."""
     bq = g.nodes[lname].bias_q
@@ -282,6 +289,9 @@ def quantize(graph: ir.Graph, calibration=None, *, input_scale: float | None = N
         if rep["threshold_q"] < 1:
             raise NeurodeployError(f"threshold rounds to {rep['threshold_q']} at scale {rep['scale']:.4g}",
                                    layer=rep["neuron"], fix="the threshold must be >= 1 after scaling")
+        if 0 < rep["max_abs_weight_q"] < 64:
+            msgs.append(f"layer '{lname}': max |w_q| = {rep['max_abs_weight_q']} uses less than 7 of the 8 weight bits "
+                        f"(limited by {rep['limited_by']}: {_limit_reason(rep)})")
         if rep["weights_above_threshold"]:
             msgs.append(f"layer '{lname}': {rep['weights_above_threshold']} weights exceed the threshold "
                         f"({rep['max_abs_weight_q']} > {rep['threshold_q']}): one input event may need several "
