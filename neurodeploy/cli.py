@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -55,6 +56,13 @@ def _finite(minimum: float, strict: bool):
     return check
 
 
+def _spike_budget(_ctx, _param, value):
+    if value is not None and not 1 <= value <= MAX_SPIKE_BUDGET:
+        raise click.BadParameter(f"D = {value} is outside 1..{MAX_SPIKE_BUDGET}: every layer takes D timesteps "
+                                 "per sample (SFA models use D = 4..16)")
+    return value
+
+
 LIMIT = click.IntRange(min=1)
 ENERGY = {"type": float, "show_default": True, "callback": _finite(0.0, strict=False)}
 
@@ -84,7 +92,7 @@ def model_options(f):
                      "the checkpoint's 'input_shape')."),
         click.option("--until", help="Deploy up to this module/node (e.g. 'encoder'): drops SimCLR projection "
                      "heads and MIM decoders. Default: the checkpoint's 'until' entry, else the whole model."),
-        click.option("--spike-d", type=click.IntRange(1, MAX_SPIKE_BUDGET),
+        click.option("--spike-d", type=int, callback=_spike_budget,
                      help=f"Spike budget D (1..{MAX_SPIKE_BUDGET}: each layer takes D timesteps) for "
                      "activations whose code does not reveal it."),
         click.option("--rounding", type=click.Choice(["half_even", "half_up", "floor"]),
@@ -129,9 +137,21 @@ def _fail(text: str, status: int) -> None:
 def _os_error_text(e: OSError) -> str:
     paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
     reason = e.strerror or str(e)
-    fix = ("choose a path you may read/write, or change its permissions" if isinstance(e, PermissionError)
-           else "check the path and the free disk space")
-    return f"error: {paths + ': ' if paths else ''}{reason}\n  fix: {fix}"
+    if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename and os.path.isfile(e.filename):
+        reason = "is a file, where a folder is needed"
+    return f"error: {paths + ': ' if paths else ''}{reason}\n  fix: {_os_error_fix(e)}"
+
+
+def _os_error_fix(e: OSError) -> str:
+    if isinstance(e, PermissionError):
+        return "choose a path you may read/write, or change its permissions"
+    if isinstance(e, (FileExistsError, NotADirectoryError, IsADirectoryError)):
+        return "a file or folder is in the way: choose another path"
+    if isinstance(e, FileNotFoundError):
+        return "check that the path exists"
+    if e.errno == errno.ENOSPC:
+        return "free some disk space, or write somewhere else"
+    return "check the path and the free disk space"
 
 
 class Terminated(SystemExit):
@@ -294,7 +314,10 @@ def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, **
 
     \b
     Exit status 1 when something that must be exact is not:
-      sim    the layer-synchronous schedule must equal the model's integers exactly;
+      sim    conversion exactness: the program must equal the integer reference of the same
+             quantised parameters exactly; precision: every difference between that reference
+             and the model's float forward must lie within the fixed-point error bound of a
+             rounding boundary (or follow from such a flip upstream);
       loihi  with --runtime lava, Lava's fixed-point run must equal the simulator exactly;
       speck  nothing is required to be exact (8-bit weights, one spike per event): the causes of
              deviation are reported one by one.

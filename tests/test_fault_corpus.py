@@ -201,6 +201,8 @@ ROWS = [
       cwd=lambda x: x.c.user["model_dir"]),
     R("compile-o-symlink-to-foreign", 2, FOREIGN, lambda x: ["compile", *M(x), "-o", _link(x.work / "link",
                                                                                      x.c.user["foreign"])]),
+    R("profile-plot-below-a-file", 2, r"a_file\.txt.*is a file",
+      lambda x: ["profile", *M(x), "--data", fc.DATA, "--limit", "3", "--plot", x.c.user["a_file"] / "p.png"]),
     R("compile-o-below-a-file", 2, r"a_file\.txt", lambda x: ["compile", *M(x), "-o", x.c.user["a_file"] / "out"]),
     # -- compiled artefacts: checked against manifest.json ---------------------------------------
     R("simulate-manifest-missing", 2, r"manifest\.json.*missing", lambda x: simulate(x.art("manifest_missing"))),
