@@ -134,9 +134,8 @@ def test_artefact_carries_the_barrier_and_the_simulator_runs_its_files(tmp_path)
         assert w.shape[1] == lb.channels_in + len(lb.gates)
         assert core["dimensions"]["input_shape"]["feature_count"] == w.shape[1]
         for gf in lb.gates:
-            col = w[:, gf.feature]
-            assert np.count_nonzero(col.reshape(col.shape[0], -1), axis=1).tolist() == [1] * col.shape[0]
-            assert np.array_equal(col[:, lb.tap[1], lb.tap[0]], gf.weights)
+            col = w[:, gf.feature]  # the same gate weight at every tap (see barrier.gate_cover)
+            assert np.array_equal(col, np.broadcast_to(gf.weights[:, None, None], col.shape))
         init = np.array(core["neurons_initial_value"])  # [f][x][y]
         v0 = qg.nodes[lb.neuron].v_init_q + (qg.nodes[lname].bias_q if qg.nodes[lname].bias_q is not None else 0)
         assert np.array_equal(init[:, 0, 0], v0 - lb.hold)
@@ -151,3 +150,23 @@ def test_artefact_carries_the_barrier_and_the_simulator_runs_its_files(tmp_path)
     for n in qg.neurons():
         assert np.array_equal(from_files.counts[n].numpy(), direct.counts[n].numpy())
     json.dumps(prog)
+
+
+@pytest.mark.parametrize("n_in,k,s,p", [(8, 3, 1, 1), (8, 3, 2, 1), (4, 3, 2, 1), (7, 5, 1, 2), (9, 3, 3, 0),
+                                        (1, 1, 1, 0), (16, 16, 1, 0), (6, 2, 2, 0)])
+def test_gate_events_of_a_round_reach_every_output_exactly_once(n_in, k, s, p):
+    from neurodeploy.targets.speck.barrier import gate_cover
+    from neurodeploy.targets.speck.layers import SpeckLayer
+    n_out = (n_in + 2 * p - k) // s + 1
+    layer = SpeckLayer("c", "c", "n", "conv", (2, n_in, n_in), (3, n_out, n_out), (k, k), (s, s), (p, p))
+    pos, cover = gate_cover(layer)
+    hits = np.zeros(n_out * n_out, int)
+    for (y, x), c in zip(pos, cover):
+        assert 0 <= y < n_in and 0 <= x < n_in
+        # brute force: the outputs an event at (y, x) reaches through an all-taps kernel
+        reach = [oy * n_out + ox for oy in range(n_out) for ox in range(n_out)
+                 if 0 <= y + p - oy * s < k and 0 <= x + p - ox * s < k]
+        assert sorted(reach) == sorted(c.tolist())
+        hits[c] += 1
+    assert hits.tolist() == [1] * (n_out * n_out)
+    assert len(pos) <= n_out * n_out

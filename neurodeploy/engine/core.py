@@ -455,10 +455,12 @@ class EventEngine:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), arr
 
     def _set_gates(self, gates: list) -> None:
-        """Gate features (Speck's layer barrier): [(IF layer name, weights [channels])]; a gate event
-        at output position p adds weights[f] to neuron (f, p) of every channel f (``run(stream=...)``)."""
+        """Gate features (Speck's layer barrier): [(IF layer name, weights [channels][, coverage])]; gate
+        event e adds weights[f] to neuron (f, p) of every channel f for each output position p in
+        coverage[e] (default: event e reaches position e only), as one input event (``run(stream=)``)."""
         g_layer, g_woff, g_hw, g_cl, g_stage, gw = [], [0], [], [], [], []
-        for name, w in gates:
+        g_eoff, gp_ptr, gp_pos = [], [0], []
+        for name, w, *cov in gates:
             if name not in self.lid:
                 raise NeurodeployError("a gate must feed an IF layer", layer=name)
             shape = tuple(self.graph.nodes[name].shape)
@@ -472,14 +474,22 @@ class EventEngine:
             g_cl.append(int(self.cl[name]))
             g_stage.append(self.sid.get(feeder, self.st.shape[0]))
             gw.append(w)
+            cover = cov[0] if cov else [[p] for p in range(g_hw[-1])]
+            g_eoff.append(len(gp_ptr) - 1)
+            for c in cover:
+                gp_pos.extend(int(p) for p in c)
+                gp_ptr.append(len(gp_pos))
         self.gate_args = (np.array(g_layer + [0], np.int64), np.array(g_woff, np.int64),
                           np.array(g_hw + [1], np.int64), np.array(g_cl + [0], np.int64),
                           np.array(g_stage + [0], np.int64),
-                          np.concatenate(gw).astype(self.dtype) if gw else np.zeros(1, self.dtype))
+                          np.concatenate(gw).astype(self.dtype) if gw else np.zeros(1, self.dtype),
+                          np.array(g_eoff + [0], np.int64), np.array(gp_ptr, np.int64),
+                          np.array(gp_pos + [0], np.int64))
 
     @staticmethod
     def gate_code(gate: int, position) -> np.ndarray:
-        """Stream codes of gate events (``gate``: index in ``gates``; ``position``: flat output position)."""
+        """Stream codes of gate events (``gate``: index in ``gates``; ``position``: the event's index in
+        that gate's coverage list, by default the flat output position)."""
         return -1 - (np.int64(gate) * K.GATE_STRIDE + np.asarray(position, np.int64))
 
     def run(self, x, *, record_events: bool = False, progress: bool = False, static=None,

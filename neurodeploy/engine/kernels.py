@@ -128,14 +128,13 @@ GATE_STRIDE = 1 << 32
 
 
 @njit(cache=CACHE, inline='always')
-def _deliver_gate(gid, p, eid, g_layer, g_woff, g_hw, g_cl, gw, loff, theta, lo, hi, dmax, v, cnt, stamp,
+def _deliver_gate(gid, p, eid, nt, g_layer, g_woff, g_hw, g_cl, gw, loff, theta, lo, hi, dmax, v, cnt, stamp,
                   touched, ctr):
-    """A gate event at output position ``p``: channel f of IF layer g_layer[gid] gets gw[g_woff[gid]+f]."""
+    """Gate ``gid`` at output position ``p``: channel f of IF layer g_layer[gid] gets gw[g_woff[gid]+f]."""
     L = g_layer[gid]
     w0 = g_woff[gid]
     F = g_woff[gid + 1] - w0
     hw = g_hw[gid]
-    nt = 0
     for f in range(F):
         if g_cl[gid] != 0:
             i = loff[L] + p * F + f
@@ -180,7 +179,7 @@ def process(mode, src0, addrs, tstamps, e0, e1, single, record,
             st, ryp, ryo, ryk, rxp, rxo, rxk, wt, mask, tg_ptr, tg_kind, tg_id,
             src_ptr, src_kind, src_id, srcval, loff, theta, lo, hi, dmax, nlayer, soff,
             v, cnt, stamp, touched, sink, synops, ctr, wst_s, wst_a, wst_v, so, sw,
-            es_l, es_a, log_l, log_a, log_t, g_layer, g_woff, g_hw, g_cl, g_stage, gw):
+            es_l, es_a, log_l, log_a, log_t, g_layer, g_woff, g_hw, g_cl, g_stage, gw, g_eoff, gp_ptr, gp_pos):
     """The event loop (one function, so that nothing per event pays a call with many arrays).
 
     mode 0 (breadth, integrate only): deliver events ``addrs[e0:e1]`` of source ``src0``, no firing.
@@ -189,9 +188,10 @@ def process(mode, src0, addrs, tstamps, e0, e1, single, record,
     depth-first (LIFO stack; the first emitted is processed next) before the next input event.
     mode 2 (depth start tick): for neurons ``e0..e1-1`` of layer ``src0``: fire per the rule
     if at/above threshold, each neuron's events fully propagated before the next neuron.
-    mode 3 (depth, host stream): as mode 1, but an address < 0 is a gate event -(1 + gid·2^32 + p):
-    gate ``gid`` (an extra input feature of IF layer ``g_layer[gid]`` whose kernel has one tap) adds
-    ``gw[g_woff[gid] + f]`` to the neuron (f, p) of every channel f at output position p.
+    mode 3 (depth, host stream): as mode 1, but an address < 0 is a gate event -(1 + gid·2^32 + e):
+    gate ``gid`` (an extra input feature of IF layer ``g_layer[gid]``) adds ``gw[g_woff[gid] + f]`` to
+    the neuron (f, p) of every channel f at each output position p its event e reaches
+    (``gp_pos[gp_ptr[g_eoff[gid] + e] : gp_ptr[g_eoff[gid] + e + 1]]``).
     """
     nst = st.shape[0]
     for e in range(e0, e1):
@@ -230,9 +230,12 @@ def process(mode, src0, addrs, tstamps, e0, e1, single, record,
             nt = 0
             nw = 0
             if src < 0:
-                nt = _deliver_gate(-1 - src, a, eid, g_layer, g_woff, g_hw, g_cl, gw, loff, theta, lo, hi,
-                                   dmax, v, cnt, stamp, touched, ctr)
-                synops[g_stage[-1 - src]] += g_woff[-src] - g_woff[-1 - src]
+                gid = -1 - src
+                ge = g_eoff[gid] + a
+                for j in range(gp_ptr[ge], gp_ptr[ge + 1]):
+                    nt = _deliver_gate(gid, gp_pos[j], eid, nt, g_layer, g_woff, g_hw, g_cl, gw, loff, theta, lo,
+                                       hi, dmax, v, cnt, stamp, touched, ctr)
+                    synops[g_stage[gid]] += g_woff[gid + 1] - g_woff[gid]
                 src = 0
                 val = srcval[0]
                 ed0 = src_ptr[1]  # no source edges to walk

@@ -22,9 +22,13 @@ source neuron is over budget) or the most spikes the barrier can make it fire (`
 
 Release (after the layer's input is complete; the next layer is still held)
 ----------------------------------------------------------------------------
-Gate features are extra input features of the core whose kernel has one non-zero tap, so that a
-host event at the matching input position of each output position reaches each neuron of that
-position exactly once, adding the gate weight g_f of its output channel f (|g_f| <= 127). The
+Gate features are extra input features of the core whose k×k kernel is g_f at every tap
+(|g_f| <= 127, per output channel f). An event at input position (y, x) reaches output (oy, ox)
+through the one tap (y + p - oy·s, x + p - ox·s) when that lies in the kernel, so it adds g_f to
+every neuron of the outputs it covers. ``gate_cover`` picks, per axis, input positions whose
+covers partition the outputs (e.g. y = 1, 4, 7 for 8 outputs, k = 3, s = 1, p = 1; one event for
+a Linear layer): one round = one event per cell of that partition, and it adds g_f exactly once to
+every neuron. The
 release (``release_gates``) is, for θ < 127: k "lift" events of weight a_f (θ < a_f <= 127 allowed),
 then m = D "unit" events of weight u = θ, H_f = k·a_f + Dθ (two gate features); for θ >= 127: r
 "release" events of weight a_f <= 127 <= θ, H_f = r·a_f (one gate feature: Claim 1 applies to every
@@ -110,8 +114,8 @@ class LayerBarrier:
     negative: np.ndarray  # [F] N_f
     input_bound: np.ndarray  # [C_in] c_j used
     gates: list  # [GateFeature] in release order
-    tap: tuple  # (ky, kx) of the gate kernels' one non-zero tap
-    gate_positions: np.ndarray  # [Ho*Wo, 2] input (y, x) of each output position's gate event
+    gate_positions: np.ndarray  # [E, 2] input (y, x) of the E gate events of one round
+    coverage: list  # [E] arrays of the flat output positions (oy·Wo + ox) each of them reaches
     count_bound: int  # most spikes a neuron of this layer can fire under the barrier
 
     @property
@@ -175,24 +179,40 @@ def release_gates(hold_min: np.ndarray, theta: int, budget: int, channels_in: in
     return gates, hold
 
 
-def _gate_tap(layer) -> tuple[tuple, np.ndarray]:
-    """The one tap (ky, kx) such that output (oy, ox) is reached from input (oy·s - p + ky, ...)
-    inside the input for every output position; and those input positions."""
+def _axis_cover(n_in: int, n_out: int, k: int, s: int, p: int, name: str) -> list:
+    """The fewest [(input index, [output indices it reaches])] whose output sets partition
+    range(n_out) (each set is a run of consecutive outputs: dynamic programme from the right)."""
+    best: list = [None] * n_out + [(0, None)]  # best[o] = (events to cover o.., first (y, outs))
+    for o in range(n_out - 1, -1, -1):
+        for t in range(k):
+            y = o * s - p + t
+            if not 0 <= y < n_in:
+                continue
+            outs = sorted((y + p - t2) // s for t2 in range(k)
+                          if (y + p - t2) % s == 0 and 0 <= (y + p - t2) // s < n_out)
+            nxt = outs[-1] + 1
+            if outs[0] == o and best[nxt] is not None and (best[o] is None or best[nxt][0] + 1 < best[o][0]):
+                best[o] = (best[nxt][0] + 1, (y, outs))
+    if best[0] is None:
+        raise NeurodeployError("no set of gate events reaches every output exactly once (padding too large "
+                               "for a gate feature)", layer=name, fix="use padding <= (kernel-1)/2 on this layer")
+    events, o = [], 0
+    while o < n_out:
+        y, outs = best[o][1]
+        events.append((y, outs))
+        o = outs[-1] + 1
+    return events
+
+
+def gate_cover(layer) -> tuple[np.ndarray, list]:
+    """Input positions [E, 2] (y, x) of one release round and the flat output positions each reaches."""
     _, H, W = layer.in_shape
     _, Ho, Wo = layer.out_shape
-    tap = []
-    for n_in, n_out, k, s, p in ((H, Ho, layer.kernel[0], layer.stride[0], layer.padding[0]),
-                                 (W, Wo, layer.kernel[1], layer.stride[1], layer.padding[1])):
-        ok = [t for t in range(k) if all(0 <= o * s - p + t < n_in for o in range(n_out))]
-        if not ok:
-            raise NeurodeployError("no kernel tap reaches every output position from inside the input "
-                                   "(padding too large for a gate feature)", layer=layer.name,
-                                   fix="use padding <= (kernel-1)/2 on this layer")
-        tap.append(ok[0] if p not in ok else p)
-    oy, ox = np.meshgrid(np.arange(Ho), np.arange(Wo), indexing="ij")
-    pos = np.stack([oy.ravel() * layer.stride[0] - layer.padding[0] + tap[0],
-                    ox.ravel() * layer.stride[1] - layer.padding[1] + tap[1]], 1).astype(np.int64)
-    return (int(tap[0]), int(tap[1])), pos
+    ys = _axis_cover(H, Ho, layer.kernel[0], layer.stride[0], layer.padding[0], layer.name)
+    xs = _axis_cover(W, Wo, layer.kernel[1], layer.stride[1], layer.padding[1], layer.name)
+    pos = np.array([[y, x] for y, _ in ys for x, _ in xs], np.int64).reshape(-1, 2)
+    cover = [np.array([oy * Wo + ox for oy in oys for ox in oxs], np.int64) for _, oys in ys for _, oxs in xs]
+    return pos, cover
 
 
 def _input_bounds(net: SpeckNet, l, graph: ir.Graph, done: dict, input_bound: int, bounds: str) -> np.ndarray:
@@ -269,12 +289,12 @@ def plan_barrier(graph: ir.Graph, *, bounds: str | None = None, input_bound: int
                     f"partial sums ({int(N[f])}), below threshold_low {low}", layer=lname,
                     fix="lower this layer's scale (quantize_for_barrier does) or bound the input events "
                         "(input_bound); bounds='budget' assumes each source fires at most D spikes")
-        tap, pos = _gate_tap(l)
+        pos, cover = gate_cover(l)
         ymax = int((P + v0).max())
         rounds = sum(g.events for g in gates)
         count_bound = max(0, min(rounds, ymax // theta))
         plan.layers[lname] = LayerBarrier(lname, l.neuron, theta, D, l.channels_in, tuple(l.out_shape), hold, P, N,
-                                          cb, gates, tap, pos, count_bound)
+                                          cb, gates, pos, cover, count_bound)
     return plan
 
 

@@ -38,7 +38,7 @@ def apply_barrier(config: dict, graph: ir.Graph, plan: BarrierPlan) -> dict:
         F, C, kx, ky = w.shape
         extra = np.zeros((F, len(lb.gates), kx, ky), np.int64)
         for j, g in enumerate(lb.gates):
-            extra[:, j, lb.tap[1], lb.tap[0]] = g.weights
+            extra[:, j] = g.weights[:, None, None]  # every tap: see barrier.gate_cover
         core["weights"] = np.concatenate([w, extra], 1).tolist()
         core["dimensions"]["input_shape"]["feature_count"] = int(C + len(lb.gates))
         core["neurons_initial_value"] = plan.held_initial_values(graph, lname).transpose(0, 2, 1).tolist()
@@ -135,29 +135,37 @@ def barrier_artefact(graph: ir.Graph, plan: BarrierPlan | None = None, *, core_m
 
 
 def engine_gates(artefact: dict) -> tuple[list, dict]:
-    """The gate features as the artefact writes them: ([(neuron, weights)] for ``EventEngine(gates=)``,
-    {(core, feature): (gate index, tap (ky, kx), stride (y, x), padding (y, x), output width)}),
-    read from the host program's rounds and the gate columns of the core's weights."""
+    """The gate features as the artefact writes them: ([(neuron, weights, coverage)] for
+    ``EventEngine(gates=)``, {(core, feature): (gate index, {(y, x): event index})}). The weights come
+    from the host program's rounds; which outputs an event at (y, x) reaches from the gate column of
+    the core's kernel and its stride / padding (output (oy, ox) through tap (y + p - oy·s, ...))."""
     conf, prog = artefact["config"], artefact["host_program"]
     gates, ids = [], {}
     for ph in prog["release"]:
         core = conf["cores"][str(ph["core"])]
         w = np.asarray(core["weights"])  # [f][c][x][y]
         dims = core["dimensions"]
+        sy, sx, py, px = dims["stride"]["y"], dims["stride"]["x"], dims["padding"]["y"], dims["padding"]["x"]
+        ho, wo = dims["output_shape"]["size"]["y"], dims["output_shape"]["size"]["x"]
+        pos = [(int(y), int(x)) for x, y in ph["positions_xy"]]
         for rnd in ph["rounds"]:
             key = (int(ph["core"]), int(rnd["feature"]))
             if key in ids:
                 continue
-            kx, ky = np.argwhere(np.any(w[:, rnd["feature"]] != 0, axis=0))[0]
-            ids[key] = (len(gates), (int(ky), int(kx)), (dims["stride"]["y"], dims["stride"]["x"]),
-                        (dims["padding"]["y"], dims["padding"]["x"]), dims["output_shape"]["size"]["x"])
-            gates.append((core["neuron"], np.asarray(rnd["weights_per_channel"], np.int64)))
+            taps = np.any(w[:, rnd["feature"]] != 0, axis=0)  # [kx][ky]
+            cover = []
+            for y, x in pos:
+                cover.append(np.array([oy * wo + ox for oy in range(ho) for ox in range(wo)
+                                       if 0 <= y + py - oy * sy < taps.shape[1] and 0 <= x + px - ox * sx < taps.shape[0]
+                                       and taps[x + px - ox * sx, y + py - oy * sy]], np.int64))
+            ids[key] = (len(gates), {p: e for e, p in enumerate(pos)})
+            gates.append((core["neuron"], np.asarray(rnd["weights_per_channel"], np.int64), cover))
     return gates, ids
 
 
 def stream_to_engine(events: np.ndarray, artefact: dict, gate_ids: dict) -> tuple:
     """(codes, timestamps) for ``EventEngine.run(stream=...)``: input events of the first input core
-    become flat input addresses, gate events ``gate_code(gid, output position)``; events of other
+    become flat input addresses, gate events ``gate_code(gate, event index)``; events of other
     input cores are the same input pooled (the engine routes the input to every destination)."""
     from ...engine import EventEngine
     conf = artefact["config"]
@@ -173,13 +181,13 @@ def stream_to_engine(events: np.ndarray, artefact: dict, gate_ids: dict) -> tupl
     feat = ev["feature"].astype(np.int64)
     is_in = (core == in_core) & (feat < C)
     codes[is_in] = (feat[is_in] * H + ev["y"][is_in]) * W + ev["x"][is_in]
-    for (c, f), (gid, tap, s, p, wo) in gate_ids.items():
-        sel = (core == c) & (feat == f)
-        if not np.any(sel):
-            continue
-        oy = (ev["y"][sel] + p[0] - tap[0]) // s[0]
-        ox = (ev["x"][sel] + p[1] - tap[1]) // s[1]
-        codes[sel] = EventEngine.gate_code(gid, oy * wo + ox)
+    for (c, f), (gid, index) in gate_ids.items():
+        sel = np.flatnonzero((core == c) & (feat == f))
+        if sel.size:
+            e = [index.get((int(ev["y"][i]), int(ev["x"][i])), -1) for i in sel]
+            if min(e) < 0:
+                raise NeurodeployError(f"a gate event of core {c} at a position outside the host program")
+            codes[sel] = EventEngine.gate_code(gid, np.array(e, np.int64))
     keep = codes != np.iinfo(np.int64).max
     other = ~keep & ~np.isin(core, [d["core"] for d in dests[1:]])
     if np.any(other):
