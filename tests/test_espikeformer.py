@@ -192,3 +192,18 @@ def test_inspect_without_canonical_shows_the_raw_graph(checkpoint):
                                     "--arch-kwargs", json.dumps(_arch_kwargs())])
     assert res.exit_code == 0, res.output
     assert "BatchNorm" in res.output and "HostOp" in res.output
+
+
+def test_design_rule_refusal_proposes_the_furthest_cut_that_passes(graphs):
+    from neurodeploy.errors import DesignRuleError
+    from neurodeploy.passes.cut import prefix_graph
+
+    c = graphs[1]
+    speck = get_target("speck")
+    with pytest.raises(DesignRuleError) as e:
+        nd._check(speck, c)
+    cut = e.value.until
+    assert cut and f"--until {cut}" in str(e.value)
+    assert speck.check(prefix_graph(c, cut)) == []
+    later = c.topo_order()[c.topo_order().index(cut) + 1:]
+    assert all(speck.check(prefix_graph(c, n)) for n in later[:5])   # the next ones do not pass

@@ -1,18 +1,21 @@
 """The furthest ``--until`` that works: for a refusal, the last node (in topological order) whose
-prefix graph converts and canonicalises, so the error can propose a cut that is known to work.
+prefix graph is accepted (it canonicalises; for a target, it also passes the design rules), so the
+error can propose a cut that is known to work.
 
-Search: first the nodes that do not depend on the refused node, latest first (their prefix does
-not contain it, so the first one usually works); then, for a better answer, the nodes after that
-one which do depend on it (a refusal can disappear when its consumers are cut off, e.g. a scaling
-that then reaches the output), within a small budget of tries.
+Search: candidates from the last node backwards, each checked for real, within a time budget
+(refusals near the end, the usual case, take a few tries); past the budget, a bisection over the
+remaining earlier candidates (assuming that a prefix of a refused prefix is accepted), whose answer
+is checked too.
 """
 
 from __future__ import annotations
 
+import time
+
 from .. import ir
 from ..errors import NeurodeployError
 
-MAX_LATER_TRIES = 12
+SEARCH_BUDGET_S = 5.0
 
 
 def prefix_graph(graph: ir.Graph, name: str) -> ir.Graph:
@@ -31,62 +34,49 @@ def prefix_graph(graph: ir.Graph, name: str) -> ir.Graph:
     return g
 
 
-def _works(graph: ir.Graph, name: str) -> bool:
+def canonicalises(prefix: ir.Graph) -> bool:
     from .fold import canonicalize
 
+    canonicalize(prefix)
+    return True
+
+
+def _works(graph: ir.Graph, name: str, accept) -> bool:
     try:
-        canonicalize(prefix_graph(graph, name))
-        return True
+        return bool(accept(prefix_graph(graph, name)))
     except NeurodeployError:
         return False
     except Exception:  # noqa: BLE001 - a candidate that breaks anything else does not work either
         return False
 
 
-def _descendants(graph: ir.Graph, names) -> set[str]:
-    out, todo = set(), list(names)
-    while todo:
-        m = todo.pop()
-        for c in graph.consumers_of(m):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
+def furthest_until(graph: ir.Graph, accept=canonicalises, budget_s: float = SEARCH_BUDGET_S) -> str | None:
+    """The last node whose prefix ``accept`` takes (see the module docstring), or None."""
+    order = [n for n in graph.topo_order() if not isinstance(graph.nodes[n], (ir.Input, ir.Output))]
+    t0 = time.monotonic()
+    i = len(order)
+    while i > 0 and time.monotonic() - t0 < budget_s:
+        i -= 1
+        if _works(graph, order[i], accept):
+            return order[i]
+    lo, hi = -1, i  # bisection over order[:i]: order[hi] and later are refused
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _works(graph, order[mid], accept):
+            lo = mid
+        else:
+            hi = mid
+    return order[lo] if lo >= 0 else None
 
 
-def refused_nodes(graph: ir.Graph, err: NeurodeployError) -> list[str]:
-    """IR nodes an error is about (by node name or by the user's module/source)."""
-    layer = getattr(err, "layer", None)
-    if not layer:
-        return []
-    return [n for n, node in graph.nodes.items() if n == layer or node.source == layer]
-
-
-def furthest_until(graph: ir.Graph, refused: list[str] | None = None) -> str | None:
-    """The last node whose prefix canonicalises (see the module docstring), or None."""
-    order = [n for n in graph.topo_order()
-             if not isinstance(graph.nodes[n], (ir.Input, ir.Output))]
-    bad = set(refused or []) | _descendants(graph, refused or [])
-    best = None
-    for n in reversed(order):
-        if n not in bad and _works(graph, n):
-            best = n
-            break
-    later = [n for n in order if n in bad and (best is None or order.index(n) > order.index(best))]
-    for n in list(reversed(later))[:MAX_LATER_TRIES]:
-        if _works(graph, n):
-            return n
-    return best
-
-
-def with_until_proposal(err: NeurodeployError, graph: ir.Graph) -> NeurodeployError:
+def with_until_proposal(err: NeurodeployError, graph: ir.Graph, accept=canonicalises) -> NeurodeployError:
     """``err`` with the furthest working ``--until`` added to its fix (and as ``err.until``)."""
     if getattr(err, "until", None) or not isinstance(err, NeurodeployError) or not graph.nodes:
         return err
-    cut = furthest_until(graph, refused_nodes(graph, err))
+    cut = furthest_until(graph, accept)
     err.until = cut
-    if cut:
-        hint = f"or deploy the part that converts with --until {cut} (the furthest node that works)"
-        err.fix = f"{err.fix}; {hint}" if err.fix else hint
-        err.args = (err._format(),)
+    hint = (f"or deploy up to the furthest node that works: --until {cut}" if cut
+            else "no prefix of the model works either (no --until helps)")
+    err.fix = f"{err.fix}; {hint}" if err.fix else hint
+    err.args = (err._format(),)
     return err
