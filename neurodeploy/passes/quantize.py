@@ -291,11 +291,11 @@ def quantize_fixed_point(graph: ir.Graph, calibration=None, *, input_frac_bits: 
             node.threshold_q = int(np.rint(math.ldexp(node.threshold, f)))
             node.v_init_q = int(np.rint(math.ldexp(node.v_init, f)))
             if node.threshold_q < 1:
-                raise NeurodeployError(f"threshold {node.threshold:g} rounds to 0 at 2^{f}: the input range "
-                                       f"{input_range:g} leaves this layer no integer precision",
-                                       layer=node.source or n,
-                                       fix="check the magnitude of the inputs (--data / --calibration); "
-                                           "or increase input_frac_bits / check the activation scale")
+                raise NeurodeployError(f"threshold {node.threshold:g} rounds to 0 at 2^{f}: the inputs (range "
+                                       f"{input_range:g}) or the weights feeding this layer are too large for "
+                                       "exact integer arithmetic", layer=node.source or n,
+                                       fix="check the magnitude of the inputs (--data / --calibration) and of this "
+                                           "layer's weights; or increase input_frac_bits / check the activation scale")
         in_bound = int(math.ceil(input_range * inp.scale_q))
         return integer_bounds(g, in_bound)
 
