@@ -369,3 +369,22 @@ def test_sigterm_of_lava_run_leaves_no_worker_processes(tmp_path):
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
     assert survivors == [], f"{len(survivors)} of {len(seen)} child processes outlived `run`"
+
+
+def test_lava_workers_die_with_a_killed_parent():
+    """kill -9 of the parent cannot run any handler: the workers, forked during a run, carry
+    PR_SET_PDEATHSIG and the kernel kills them (the fork hook of the Lava runner, without Lava)."""
+    code = ("import os, signal, time\nfrom neurodeploy.targets.loihi import runner\n"
+            "runner._guard['active'] += 1  # as inside run_lava\n"
+            "pid = os.fork()\nif pid == 0:\n    os.close(1)\n    os.close(2)\n    time.sleep(60)\n    os._exit(0)\n"
+            "print(pid, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    worker = int(proc.stdout)
+    deadline = time.monotonic() + 5
+    while worker in _parents() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = worker in _parents()
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive, "the forked worker outlived its killed parent"
