@@ -315,6 +315,22 @@ def test_concurrent_runs_into_one_output_serialise(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_replacing_without_rename_exchange(tmp_path, monkeypatch):
+    """File systems without RENAME_EXCHANGE: the kernel's EINVAL (an unknown flag) takes the
+    three-rename path, which ends in the same state."""
+    import neurodeploy.artifacts as artifacts
+
+    out = tmp_path / "out"
+    for value in ("1", "2"):
+        with ArtifactDir(out) as art:
+            art.path("value.txt").write_text(value)
+            art.path("manifest.json").write_text(json.dumps(
+                {"generator": GENERATOR, "manifest_version": 2, "artefacts": {"value.txt": value}}))
+        monkeypatch.setattr(artifacts, "_RENAME_EXCHANGE", 1 << 30)
+    assert (out / "value.txt").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 # -- Lava workers -------------------------------------------------------------------------------------
 
 def _parents() -> dict[int, int]:
