@@ -199,6 +199,8 @@ class _Group(click.Group):
             _fail("error: stopped by SIGTERM; cleaned up (no temporary files or worker processes left behind)", e.code)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # click prints these itself (usage errors: exit 2)
+        except KeyboardInterrupt:  # the shell's status for SIGINT; 1 stays "verification failed"
+            _fail("error: interrupted (Ctrl-C); cleaned up", 128 + signal.SIGINT)
         except OSError as e:  # a user path we cannot read or write (permissions, disk full, gone)
             _fail(_os_error_text(e), 2)
         except MemoryError:
@@ -234,6 +236,27 @@ def speck_bias_options(f):
                              "register, where it acts on every slow-clock tick (not simulated).")(f)
 
 
+def speck_barrier_options(f):
+    """--barrier/--no-barrier, --barrier-bounds (Speck): the in-network layer barrier."""
+    f = click.option("--barrier-bounds", type=click.Choice(["budget", "weights", "calibration"]),
+                     help="Speck: how far the barrier holds each neuron: partial sums from the weights with every "
+                          "source at most D spikes ('budget', default), guaranteed ('weights': often too far for "
+                          "the 16-bit state), or 2x the largest seen on --calibration ('calibration', assumed).")(f)
+    return click.option("--barrier/--no-barrier", default=None,
+                        help="Speck: hold every layer below threshold until its input is complete and release it "
+                             "with host gate events (default; exact for every neuron with n <= D). --no-barrier "
+                             "writes the plain configuration, which the asynchronous chip does not compute "
+                             "exactly.")(f)
+
+
+def _speck_barrier_options(target: str, kw: dict) -> dict:
+    """Pop --barrier/--barrier-bounds out of ``kw`` as target options; refused for other targets."""
+    opts = {k: v for k in ("barrier", "barrier_bounds") if (v := kw.pop(k, None)) is not None}
+    if opts and target != "speck":
+        raise click.UsageError("--barrier/--barrier-bounds apply to --target speck only")
+    return opts
+
+
 def _speck_bias_options(target: str, kw: dict) -> dict:
     """Pop --bias-mode/--bias-bits out of ``kw`` as target options; refused for other targets."""
     opts = {k: v for k in ("bias_mode", "bias_bits") if (v := kw.pop(k, None)) is not None}
@@ -263,6 +286,7 @@ def _speck_bias_options(target: str, kw: dict) -> dict:
 @click.option("--emit", multiple=True, type=click.Choice(["routing"]), help="Extra artefacts.")
 @click.option("--core-map", callback=_parse_json, help="Speck: JSON {layer: core} placement override.")
 @speck_bias_options
+@speck_barrier_options
 @click.option("--e-mac", default=4.6, **ENERGY, help="Energy per MAC (pJ, finite >= 0).")
 @click.option("--e-ac", default=0.9, **ENERGY, help="Energy per synaptic AC (pJ, finite >= 0).")
 def compile_cmd(target, out_dir, force, data, calibration, verify, profile, limit, emit, core_map, e_mac, e_ac,
@@ -274,6 +298,7 @@ def compile_cmd(target, out_dir, force, data, calibration, verify, profile, limi
         raise click.UsageError("--verify needs --data")
     target_options = {"core_map": core_map} if core_map else {}
     target_options.update(_speck_bias_options(target, kw))
+    target_options.update(_speck_barrier_options(target, kw))
     res = api.compile(kw.pop("model"), target=target, out_dir=out_dir, data=data, calibration=calibration,
                       verify=verify, profile=profile, limit=limit, emit=tuple(emit),
                       target_options=target_options, energy=_energy(e_mac, e_ac), force=force,
@@ -282,6 +307,8 @@ def compile_cmd(target, out_dir, force, data, calibration, verify, profile, limi
     click.echo(f"compiled for '{target}' {where} (quantisation scales from {res.calibration_note})")
     for name in sorted(res.artifacts):
         click.echo(f"  {name}")
+    if "speck_host_program.json" in res.artifacts:
+        click.echo("\n" + api.speck_barrier_cost_text(res.artifacts["speck_host_program.json"]), nl=False)
     if res.profile is not None:
         click.echo("\nprofile (per sample, layer-synchronous):")
         click.echo(res.profile.format("table"))
@@ -308,6 +335,7 @@ def compile_cmd(target, out_dir, force, data, calibration, verify, profile, limi
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
               help=".npz with x: quantisation scales from these inputs (default: --data doubles as calibration).")
 @speck_bias_options
+@speck_barrier_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, **kw):
     """Compare the model's own PyTorch forward with the simulation, layer by layer.
@@ -325,6 +353,7 @@ def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, **
     from . import api
 
     target_options = _speck_bias_options(target, kw)
+    target_options.update(_speck_barrier_options(target, kw))
     report = api.verify(kw.pop("model"), data=data, target=target, limit=limit, schedules=tuple(schedules) or None,
                         calibration=calibration, runtime=runtime, target_options=target_options,
                         **_load_options(kw))

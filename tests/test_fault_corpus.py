@@ -362,6 +362,7 @@ def _group_with(exc: BaseException) -> click.Group:
     (FileNotFoundError(2, "No such file or directory", "/a", None, "/b"), 2, r"^error: /a -> /b: No such file"),
     (OSError(28, "No space left on device"), 2, r"^error: No space left on device"),
     (MemoryError(), 2, r"^error: out of memory"),
+    (KeyboardInterrupt(), 130, r"^error: interrupted \(Ctrl-C\)"),
     (ZeroDivisionError("division by zero"), 3, r"^internal error: ZeroDivisionError: division by zero \(please "
                                                r"report this as a bug"),
     (KeyError("w"), 3, r"^internal error: KeyError: 'w'"),
