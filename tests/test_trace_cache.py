@@ -169,3 +169,12 @@ def test_settings_objects_read_by_the_forward_are_part_of_the_key(model_file):
 class _Settings:
     def __init__(self, d):
         self.d = d
+
+
+def test_a_hit_leaves_the_module_in_eval_mode_like_a_trace(model_file, cache):
+    mod = _import(model_file, "tc_model_h")
+    tc.cached_from_torch(_net(mod), (1, 6, 6))
+    net = _net(mod).train()
+    tc.cached_from_torch(net, (1, 6, 6))  # a hit: same weights, traced in eval mode either way
+    assert not net.training
+    assert len(list((cache / "trace").glob("*.ir.npz"))) == 1

@@ -66,16 +66,29 @@ def cache_dir() -> Path | None:
     explicit = os.environ.get("NEURODEPLOY_CACHE_DIR")
     if explicit:
         return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:  # no home folder: no cache
+            return None
     return Path(base) / "neurodeploy"
 
 
 def cached_from_torch(module, input_shape, *, until=None, spike=None) -> ir.Graph:
     """:func:`from_torch`, read from the cache when the same model was traced before."""
+    import torch
+
     from .torch_export import from_torch
 
     folder = cache_dir()
-    key = trace_key(module, input_shape, until, spike) if folder is not None else None
+    key = None
+    if folder is not None and isinstance(module, torch.nn.Module) and not isinstance(module, torch.jit.ScriptModule):
+        module.eval()  # as from_torch does before tracing (a hit must leave the module as a trace does)
+        try:
+            key = trace_key(module, input_shape, until, spike)
+        except Exception:  # noqa: BLE001 - a model the key cannot describe is traced as usual
+            key = None
     if key is None:
         return from_torch(module, input_shape, until=until, spike=spike)
     path = folder / "trace" / f"{key}.ir.npz"
