@@ -380,4 +380,12 @@ def profile(model: str | Path, *, data: str | Path, target: str = "sim", limit: 
     return run_profile(quantized, dataset.x, energy=energy)
 
 
+def speck_barrier_cost_text(host_program_path) -> str:
+    """The layer barrier's cost table of a compiled Speck artefact (from ``speck_host_program.json``)."""
+    import json
+
+    from .targets.speck.barrier import cost_text
+    return cost_text(json.loads(Path(host_program_path).read_text())["cost"])
+
+
 __all__ = ["prepare", "compile", "verify", "profile", "run_profile", "verify_prepared", "CompileResult", "Prepared"]
