@@ -117,7 +117,7 @@ def main():
                 f"ties {sum(o['ties'] for o in own.values())}"
                 + (f"; scale " + ", ".join(f"{k.split('.')[-1]} x{v:.2f}" for k, v in shr.items()) if shr else ""))
         add(f"barrier ({bounds})", rb.counts, r2b, per_core(rb), nin + plan.host_events(),
-            sum(c["kernel_memory_extra"] for c in cost["layers"].values()), True, note)
+            sum(c["kernel_memory_extra"] for c in cost["layers"]), True, note)
     for R in (1, 4, 16):
         c, syn, pc, raster = rate_repeated(qp, x, R)
         add(f"rate x{R} (counts / R)", c, r2p, pc, nin * R, 0, False, scale=R)

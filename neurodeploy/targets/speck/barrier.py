@@ -452,15 +452,15 @@ def barrier_cost(net: SpeckNet, layer_to_core: dict, plan: BarrierPlan) -> dict:
     """Per core: extra input features, extra kernel memory (words), gate events and gate SynOps per
     sample (each gate event reaches the F neurons of one output position)."""
     from .mapping import layer_memory
-    cores = {}
+    cores = []  # in layer (release) order
     for lname, lb in plan.layers.items():
         l = net.layers[lname]
         k0 = layer_memory(l)["kernel"]
         k1 = layer_memory(_layer_with_gates(l, lb))["kernel"]
-        cores[lname] = {"core": int(layer_to_core[lname]), "extra_features": len(lb.gates),
-                        "kernel_memory": k1, "kernel_memory_extra": k1 - k0, "gate_events": lb.host_events,
-                        "gate_synops": lb.host_events * int(lb.out_shape[0]), "rounds": lb.rounds,
-                        "hold_max": int(lb.hold.max())}
+        cores.append({"layer": lname, "core": int(layer_to_core[lname]), "extra_features": len(lb.gates),
+                      "kernel_memory": k1, "kernel_memory_extra": k1 - k0, "gate_events": lb.host_events,
+                      "gate_synops": lb.rounds * int(np.prod(lb.out_shape)), "rounds": lb.rounds,
+                      "hold_max": int(lb.hold.max())})
     return {"host_events_per_sample": plan.host_events(), "layers": cores, "bounds": plan.bounds,
             "sequence_points_per_sample": len(plan.layers)}
 
@@ -470,7 +470,7 @@ def cost_text(cost: dict) -> str:
              f"{cost['sequence_points_per_sample']} sequence points (hold bound: {cost['bounds']})",
              f"{'core':>4}  {'layer':<24} {'+features':>9} {'kernel mem':>11} {'(+words)':>9} {'gate events':>11} "
              f"{'gate SynOps':>11} {'hold':>6}"]
-    for name, c in cost["layers"].items():
-        lines.append(f"{c['core']:>4}  {name:<24} {c['extra_features']:>9} {c['kernel_memory']:>11} "
+    for c in cost["layers"]:
+        lines.append(f"{c['core']:>4}  {c['layer']:<24} {c['extra_features']:>9} {c['kernel_memory']:>11} "
                      f"{c['kernel_memory_extra']:>9} {c['gate_events']:>11} {c['gate_synops']:>11} {c['hold_max']:>6}")
     return "\n".join(lines) + "\n"

@@ -133,8 +133,8 @@ class SpeckTarget(Target):
         """
         barrier = False
         if schedule is not None:
-            if schedule == "speck":
-                barrier = _uses_barrier(options)
+            if schedule == "speck":  # the deployed artefact: the barrier when the graph was quantised for it
+                barrier = _uses_barrier(options) and "barrier" in graph.metadata
             elif schedule in ("streaming", "events"):
                 pass
             elif schedule == "sync":

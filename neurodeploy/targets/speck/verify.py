@@ -157,6 +157,7 @@ def verify(graph: ir.Graph, x, *, qgraph: ir.Graph | None = None, probe=None, la
         warnings.simplefilter("ignore", SpeckQuantizationWarning)
         if qgraph is not None:
             qg = qgraph
+            barrier = barrier and "barrier" in qg.metadata  # quantised for the barrier (quantize_for_barrier)
         elif barrier:
             qg = quantize_for_barrier(g, calibration, **qopts)[0]
         else:
