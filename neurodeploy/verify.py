@@ -189,7 +189,8 @@ _WHY_NOT_EXACT = {
     ("sim", "streaming"): "layers fire before all their input has arrived",
     ("sim", "sync"): "fixed-point precision; judged by the conversion exactness and precision checks above",
     ("speck", "sync"): "8-bit weights, 16-bit state and rate-coded input",
-    ("speck", "speck"): "8-bit weights, one spike per neuron per event, no spike budget, depth-first order",
+    ("speck", "speck"): "8-bit weights, 16-bit state, rate-coded input; the layer barrier is exact for every neuron "
+                        "with n <= D given its input, over-budget neurons are not capped (see the ladder's R7)",
     ("loihi", "sync"): "8-bit weight mantissas and the input quantised to 8 bits",
 }
 
