@@ -65,10 +65,18 @@ def prepare(model: str | Path, *, arch: str | None = None, arch_kwargs: dict | N
     loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
     if until is None and loaded.extras:
         until = loaded.extras.get("until")
-    if input_shape is None and data_shape is not None and loaded.module is not None \
-            and not (loaded.extras or {}).get("input_shape"):
+    from_data = input_shape is None and data_shape is not None and loaded.module is not None \
+        and not (loaded.extras or {}).get("input_shape")
+    if from_data:
         input_shape = tuple(data_shape)
-    graph = to_graph(loaded, input_shape, until=until, spike=spike, override_activation=override_activation)
+    try:
+        graph = to_graph(loaded, input_shape, until=until, spike=spike, override_activation=override_activation)
+    except NeurodeployError as e:
+        if not from_data:
+            raise
+        raise NeurodeployError(f"the model does not take inputs of the --data shape {tuple(data_shape)} (used as "
+                               f"the input shape: neither --input-shape nor the model file gives one): {e.message}",
+                               layer=e.layer, fix="pass --input-shape C,H,W, or data shaped [N, *input_shape]") from None
     options = {"arch": arch, "arch_kwargs": arch_kwargs or {}, "trust": trust,
                "input_shape": list(graph.nodes[graph.input_names()[0]].input_shape),
                "until": until, "spike": spike or {}, "override_activation": bool(override_activation)}

@@ -239,6 +239,11 @@ def test_torchscript_takes_its_input_shape_from_data(tmp_path):
     assert report.ok() and report.n_samples == 4
     prof = api.profile(p, data=tmp_path / "d.npz", calibration=tmp_path / "d.npz")
     assert prof is not None
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((2, 1, 9, 9)))
+    with pytest.raises(NeurodeployError) as e:
+        api.verify(p, data=tmp_path / "wrong.npz")
+    assert "--data shape (1, 9, 9)" in str(e.value) and "--input-shape" in e.value.fix
+    assert "\n" not in e.value.message
 
 
 def test_cli_torchscript_one_sample_is_quiet(tmp_path):

@@ -23,7 +23,7 @@ def quiet_export():
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:
-            lg.setLevel(logging.ERROR)
+            lg.setLevel(logging.CRITICAL)  # failures still raise, as exceptions
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
