@@ -1196,7 +1196,8 @@ def _export(module, input_shape):
             with quiet_export():  # "Dim.AUTO ... specialized" is torch.export's business, not the user's
                 return TS2EPConverter(module, (example,)).convert()
         except Exception as e:  # noqa: BLE001
-            raise UnsupportedOpError(f"cannot convert the TorchScript model to an exported program: {e}",
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # one line: the CLI prints it
+            raise UnsupportedOpError(f"cannot convert the TorchScript model to an exported program: {first}",
                                      fix="save the model with torch.export.save or as a state_dict + --arch") from e
     if not isinstance(module, nn.Module):
         raise NeurodeployError(f"expected a torch.nn.Module, got {type(module).__name__}")
