@@ -380,7 +380,9 @@ def test_sigterm_of_lava_run_leaves_no_worker_processes(tmp_path):
     _, err = proc.communicate(timeout=5)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM" in err
-    time.sleep(1.0)  # the resource tracker exits once its pipe closes
+    settle = time.monotonic() + 10  # the resource tracker exits once its pipe closes
+    while seen & set(_parents()) and time.monotonic() < settle:
+        time.sleep(0.1)
     survivors = sorted(seen & set(_parents()))
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
@@ -389,10 +391,10 @@ def test_sigterm_of_lava_run_leaves_no_worker_processes(tmp_path):
 
 def test_lava_workers_die_with_a_killed_parent():
     """kill -9 of the parent cannot run any handler: the workers, forked during a run, carry
-    PR_SET_PDEATHSIG and the kernel kills them (the fork hook of the Lava runner, without Lava)."""
-    code = ("import os, signal, time\nfrom neurodeploy.targets.loihi import runner\n"
-            "runner._guard['active'] += 1  # as inside run_lava\n"
-            "pid = os.fork()\nif pid == 0:\n    os.close(1)\n    os.close(2)\n    time.sleep(60)\n    os._exit(0)\n"
+    PR_SET_PDEATHSIG and the kernel kills them (the fork hook run_lava uses, without Lava)."""
+    code = ("import os, signal, time\nfrom neurodeploy.interrupts import children_die_with_parent\n"
+            "with children_die_with_parent():  # as run_lava starts Lava\n    pid = os.fork()\n"
+            "if pid == 0:\n    os.close(1)\n    os.close(2)\n    time.sleep(60)\n    os._exit(0)\n"
             "print(pid, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr

@@ -17,10 +17,7 @@ simulation (``Loihi2SimCfg(select_tag='fixed_pt')``) and return per-layer spike 
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -29,7 +26,7 @@ import numpy as np
 import torch
 
 from ...errors import NeurodeployError
-from ...interrupts import deferred_signals
+from ...interrupts import children_die_with_parent, deferred_signals
 from .program import Program
 from .simulate import LoihiSimResult
 
@@ -69,32 +66,6 @@ def _import_lava():
 
 import_lava = _import_lava
 
-
-_PR_SET_PDEATHSIG = 1
-_guard = {"active": 0, "forking_pid": 0}
-
-
-def _before_fork() -> None:
-    _guard["forking_pid"] = os.getpid()
-
-
-def _die_with_parent() -> None:
-    """In a process forked while a Lava run is active: the parent's SIGTERM handling (deferred
-    during the run) does not apply here, and the process gets SIGKILL when its parent dies."""
-    if not _guard["active"]:
-        return
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: workers are still terminated on SIGTERM
-        return
-    if os.getppid() != _guard["forking_pid"]:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_child=_die_with_parent)
 
 
 class _Capture(logging.Handler):
@@ -279,8 +250,7 @@ def run_lava(net_path: str | Path, program: Program, x_int, record: bool = True,
     rt_log.addHandler(handler)
     rt_log.setLevel(logging.INFO)
     outs = []
-    with deferred_signals() as signals:
-        _guard["active"] += 1
+    with deferred_signals() as signals, children_die_with_parent():
         try:
             t0 = time.perf_counter()
             _run_watched(net, T, cfg, handler, timeout, signals)
@@ -291,7 +261,6 @@ def run_lava(net_path: str | Path, program: Program, x_int, record: bool = True,
                 _kill_workers(net)
             raise
         finally:
-            _guard["active"] -= 1
             try:
                 net.stop()
             except Exception:
