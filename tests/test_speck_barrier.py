@@ -1,6 +1,7 @@
 """Speck's in-network layer barrier: hold/release arithmetic against a brute-force per-neuron model,
 the simulator on the shared event engine against the layer-barrier rung (R2), the artefact."""
 
+import os
 import warnings
 
 import numpy as np
@@ -170,3 +171,14 @@ def test_gate_events_of_a_round_reach_every_output_exactly_once(n_in, k, s, p):
         hits[c] += 1
     assert hits.tolist() == [1] * (n_out * n_out)
     assert len(pos) <= n_out * n_out
+
+
+def test_cli_barrier_options_are_for_speck_only(tmp_path):
+    from click.testing import CliRunner
+
+    from neurodeploy.cli import main
+    EX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+    r = CliRunner().invoke(main, ["compile", f"{EX}/digits_chain.pt", "--arch", f"{EX}/digits_chain.py:build_model",
+                                  "--target", "sim", "--no-barrier", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--target speck only" in r.output
+    assert not (tmp_path / "o").exists()
