@@ -139,9 +139,17 @@ def simulate_barrier(graph: ir.Graph, x, *, artefact: dict | None = None, seed: 
     synops = {l: np.array([r.synops.get(l, 0) for r in res], dtype=np.int64) for l in net.layers}
     nin = np.array([int((s[0] >= 0).sum()) for s in streams], dtype=np.int64)
     settings = dict(rule="single", order="depth", saturate=saturate, budget=False, barrier=True, seed=seed,
-                    host_events=int(art["host_program"]["host_events_per_sample"]))
+                    host_events=int(art["host_program"]["host_events_per_sample"]),
+                    cost=art["host_program"].get("cost") or _barrier_cost(net, art))
     return SpeckSimResult(counts, synops, nin, spikes, settings, "neurodeploy.engine", schedule="barrier",
                           timesteps=int(raster.max(initial=0)), saturations=int(sum(r.saturations for r in res)))
+
+
+def _barrier_cost(net, art: dict) -> dict | None:
+    if "plan" not in art:
+        return None
+    from .barrier import barrier_cost
+    return barrier_cost(net, art["config"]["layer_to_core"], art["plan"])
 
 
 # -- time-binned multi-spike mode (sinabs) --------------------------------------------------------

@@ -177,6 +177,7 @@ def verify(graph: ir.Graph, x, *, qgraph: ir.Graph | None = None, probe=None, la
             results[rid] = {n: r.counts[n].to(torch.float64) for n in neurons}
             synops[rid] = int(sum(int(np.sum(v)) for v in r.synops.values() if v is not None))
             barrier_info = _barrier_info(qg, x, r)
+            barrier_info["synops_vs_no_barrier"] = synops[rid] / max(synops.get("R6") or 1, 1)
         elif cfg is None:
             q = ops.evaluate(qg, xt, quantized=True)
             results[rid] = {n: q[n] for n in neurons}
@@ -216,7 +217,7 @@ def verify(graph: ir.Graph, x, *, qgraph: ir.Graph | None = None, probe=None, la
 def _barrier_info(qg: ir.Graph, x, r) -> dict:
     from .barrier import check_against_own_input
     return {"host_events_per_sample": r.settings["host_events"], "saturations": r.saturations,
-            "plan": r.settings.get("plan"), "scale_notes": (qg.metadata["quantization"].get("barrier_scales") or {}),
+            "cost": r.settings.get("cost"), "scale_notes": (qg.metadata["quantization"].get("barrier_scales") or {}),
             "own_input": check_against_own_input(qg, x, r.counts)}
 
 
@@ -225,6 +226,11 @@ def barrier_lines(b: dict, mismatch: dict, step: dict, layers: list) -> list:
     lines = [f"layer barrier (R7): {b['host_events_per_sample']} host gate events per sample; per layer, given "
              "its actual input: neurons with n <= D wrong (must be 0), over budget n > D (not capped: Claim 3), "
              "excess spikes above D, half-even ties (the chip rounds them up)"]
+    if b.get("synops_vs_no_barrier") is not None:
+        lines.append(f"  SynOps x{b['synops_vs_no_barrier']:.2f} of the chip without the barrier (R6)")
+    if b.get("cost"):
+        from .barrier import cost_text
+        lines += ["  " + ln for ln in cost_text(b["cost"]).rstrip().splitlines()]
     if b["scale_notes"]:
         lines.append("  scales shrunk so that the 16-bit state holds the barrier: " +
                      ", ".join(f"{k} x{v:.3f}" for k, v in b["scale_notes"].items()))
