@@ -140,6 +140,7 @@ def check_loaded_graph(g: ir.Graph) -> None:
     every weight array's shape agreeing with the shapes recorded at compile time."""
     g.validate()
     for name, node in g.nodes.items():
+        _check_values(name, node)
         if isinstance(node, ir.WEIGHT_NODES):
             _check_weight_arrays(name, node)
     recorded = {name: node.shape for name, node in g.nodes.items()}
@@ -150,6 +151,22 @@ def check_loaded_graph(g: ir.Graph) -> None:
                             f"{tuple(recorded[name])}", layer=name)
     for name, node in g.nodes.items():
         node.shape = recorded[name]  # the graph comes back exactly as written
+
+
+_NUMBER_FIELDS = {"threshold", "v_init", "norm", "eps", "threshold_q", "v_init_q", "low_threshold_q", "scale_q"}
+
+
+def _check_values(name: str, node) -> None:
+    """Arrays real and finite, numeric parameters numbers: what a simulator would otherwise choke on."""
+    for key, v in ir.node_fields(node).items():
+        if isinstance(v, np.ndarray):
+            if v.dtype.kind not in "biuf":
+                raise LoadError(f"{key} has dtype {v.dtype}, not a real number type", layer=name)
+            if v.dtype.kind == "f" and not np.isfinite(v).all():
+                raise LoadError(f"{key} holds NaN or infinite values", layer=name)
+        elif key in _NUMBER_FIELDS and v is not None:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise LoadError(f"{key} is {v!r}, not a finite number", layer=name)
 
 
 def _check_weight_arrays(name: str, node) -> None:

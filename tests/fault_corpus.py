@@ -158,6 +158,11 @@ def _unknown_kind(doc):
     doc["nodes"][1]["kind"] = "Teleporter"
 
 
+def _threshold_string(doc):
+    node = next(n for n in doc["nodes"] if n["kind"] == "IFNeuron")
+    node["fields"]["threshold_q"] = "big"
+
+
 def _edge_to_nowhere(doc):
     doc["edges"].append([doc["nodes"][0]["name"], "ghost"])
 
@@ -219,6 +224,7 @@ ARTIFACT_FAULTS = {
     "graph_unknown_field": ("sim", _graph_json(_add_unknown_field)),
     "graph_unknown_kind": ("sim", _graph_json(_unknown_kind)),
     "graph_edge_to_nowhere": ("sim", _graph_json(_edge_to_nowhere)),
+    "graph_threshold_string": ("sim", _graph_json(_threshold_string)),
     "graph_truncated": ("sim", _truncate("graph.ir.npz")),
     "graph_missing": ("sim", _delete("graph.ir.npz")),
     "routing_truncated": ("sim", _truncate("routing.npz")),

@@ -234,6 +234,8 @@ ROWS = [
       lambda x: simulate(x.art("graph_unknown_kind", nv=True), NV)),
     R("simulate-nv-graph-edge-to-nowhere", 2, r"graph\.ir\.npz.*ghost",
       lambda x: simulate(x.art("graph_edge_to_nowhere", nv=True), NV)),
+    R("simulate-nv-graph-threshold-not-a-number", 2, r"graph\.ir\.npz.*threshold_q is 'big'",
+      lambda x: simulate(x.art("graph_threshold_string", nv=True), NV)),
     R("simulate-nv-graph-truncated", 2, r"graph\.ir\.npz", lambda x: simulate(x.art("graph_truncated", nv=True), NV)),
     R("simulate-nv-graph-weight-shape", 2, r"graph\.ir\.npz.*shape",
       lambda x: simulate(x.art("graph_weights_edited", nv=True), NV)),
