@@ -290,6 +290,12 @@ def verify_prepared(prepared: Prepared, quantized: ir.Graph, dataset: Dataset, *
                                         {"overrides": overrides}, required=False))
     if target == "sim":
         _exactness_and_precision(report, reference, results, quantized, dataset.x, calibration_note)
+    elif "sync" in results:  # the target's own simulator against the integer model of its quantised graph
+        from .precision import exactness, integer_reference
+
+        report.exactness = exactness(integer_reference(quantized, dataset.x), results["sync"].counts, quantized,
+                                     compared=f"{target} simulator (sync schedule) vs integer reference "
+                                              f"(ops.evaluate of the {target}-quantised graph)")
     if target == "speck":
         probe = prepared.probe
         ladder = tgt.verify(prepared.canonical, dataset.x, qgraph=quantized, labels=dataset.y,

@@ -238,6 +238,10 @@ def speck_bias_options(f):
 
 def speck_barrier_options(f):
     """--barrier/--no-barrier, --barrier-bounds (Speck): the in-network layer barrier."""
+    f = click.option("--barrier-input-bound", type=click.IntRange(min=1),
+                     help="Speck: most input events one pixel carries per sample, for the barrier's hold (default "
+                          "8: the rate code's maximum; set it for event-camera input). A sample above it is "
+                          "refused.")(f)
     f = click.option("--barrier-bounds", type=click.Choice(["budget", "weights", "calibration"]),
                      help="Speck: how far the barrier holds each neuron: partial sums from the weights with every "
                           "source at most D spikes ('budget', default), guaranteed ('weights': often too far for "
@@ -251,9 +255,9 @@ def speck_barrier_options(f):
 
 def _speck_barrier_options(target: str, kw: dict) -> dict:
     """Pop --barrier/--barrier-bounds out of ``kw`` as target options; refused for other targets."""
-    opts = {k: v for k in ("barrier", "barrier_bounds") if (v := kw.pop(k, None)) is not None}
+    opts = {k: v for k in ("barrier", "barrier_bounds", "barrier_input_bound") if (v := kw.pop(k, None)) is not None}
     if opts and target != "speck":
-        raise click.UsageError("--barrier/--barrier-bounds apply to --target speck only")
+        raise click.UsageError("--barrier/--barrier-bounds/--barrier-input-bound apply to --target speck only")
     return opts
 
 
@@ -346,9 +350,11 @@ def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, **
              quantised parameters exactly; precision: every difference between that reference
              and the model's float forward must lie within the fixed-point error bound of a
              rounding boundary (or follow from such a flip upstream);
-      loihi  with --runtime lava, Lava's fixed-point run must equal the simulator exactly;
-      speck  nothing is required to be exact (8-bit weights, one spike per event): the causes of
-             deviation are reported one by one.
+      loihi  the Loihi simulator must equal the integer reference of its quantised graph; with
+             --runtime lava, Lava's fixed-point run must equal the simulator exactly;
+      speck  the quantised layer barrier must equal the integer reference of its quantised
+             graph; the deviation from the model (8-bit weights, one spike per event) is
+             reported cause by cause, not required.
     """
     from . import api
 

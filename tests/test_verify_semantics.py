@@ -276,3 +276,18 @@ def test_cli_torchscript_one_sample_is_quiet(tmp_path):
     assert res.exit_code == 0, res.output
     assert "conversion exactness" in res.output and "the data double as calibration" in res.output
     assert not [m for m in seen if "specialized" in m], seen
+
+
+@pytest.mark.parametrize("target", ["loihi"])  # speck: the same path, exercised by test_targets_e2e (20 s)
+def test_hardware_targets_check_their_simulator_against_the_integer_reference(target):
+    from pathlib import Path
+
+    from neurodeploy import api
+
+    ex = Path(__file__).resolve().parents[1] / "examples"
+    report = api.verify(ex / "digits_chain.pt", arch=f"{ex / 'digits_chain.py'}:build_model", target=target,
+                        data=ex / "digits_test.npz", calibration=ex / "digits_calib.npz", limit=4,
+                        schedules=("sync",))
+    assert report.exactness is not None and report.exactness.ok and report.exactness.n_values > 0
+    assert target in report.exactness.compared and report.ok()
+    assert report.to_dict()["exactness"]["mismatches"] == 0
