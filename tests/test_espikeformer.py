@@ -27,13 +27,13 @@ def model():
 
 @pytest.fixture(scope="module")
 def x():
-    return E.random_images(6, E.TINY["img"], seed=1)
+    return E.random_images(4, E.TINY["img"], seed=1)
 
 
 @pytest.fixture(scope="module")
-def graphs(model):
-    g = from_torch(model, SHAPE)
-    return g, canonicalize(g)
+def graphs(checkpoint):
+    prepared = nd.prepare(checkpoint / "esf.pt", arch=ARCH, arch_kwargs=_arch_kwargs())
+    return prepared.graph, prepared.canonical
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def quantized(graphs, x):
 def checkpoint(tmp_path_factory, model, x):
     d = tmp_path_factory.mktemp("esf")
     torch.save({"model": model.state_dict(), "input_shape": list(SHAPE)}, d / "esf.pt")
-    np.savez(d / "data.npz", x=x)
+    np.savez(d / "data.npz", x=x[:2])  # verify runs several full evaluations: keep it small
     return d
 
 
@@ -86,6 +86,7 @@ def test_attention_products_are_host_ops_with_module_sources(graphs):
 def test_sim_counts_equal_the_model_layer_by_layer(model, graphs, compiled, x):
     res = compiled[1]
     sync = res.verify["sync"]
+    assert res.verify.exactness is None or res.verify.exactness.ok   # program == integer reference
     assert sync.exact and {lr.layer for lr in sync.layers} == set(res.quantized.neurons())
     # the attention activations fire (the comparison is not vacuous)
     ref = capture_counts(model, graphs[0], x)

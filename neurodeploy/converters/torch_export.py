@@ -603,7 +603,7 @@ class _Converter:
         hook = (bool(path) and self.owns(core, chain + prelude)
                 and self._substantive(self.call_nodes(core))[-1] is last)
         neuron = ir.IFNeuron(threshold=1.0, max_spikes=D, rounding=rounding, v_init=v_init, norm=float(norm),
-                             source=path or f"aten.{last.name}",
+                             source=path or self.source_of(last),
                              meta={"aten": last.name, "order": self.order[last],
                                    "pattern": [_opname(m.target) for m in chain],
                                    "hook": bool(hook), "user_settings": bool(cfg), "code_settings": code})
