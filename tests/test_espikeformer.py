@@ -208,3 +208,36 @@ def test_design_rule_refusal_proposes_the_furthest_cut_that_passes(graphs):
     assert speck.check(prefix_graph(c, cut)) == []
     later = c.topo_order()[c.topo_order().index(cut) + 1:]
     assert all(speck.check(prefix_graph(c, n)) for n in later[:5])   # the next ones do not pass
+
+
+class _SpikeGate(torch.nn.Module):
+    """An element-wise product of two spike tensors (a gate), then a conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.b = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.spike_a, self.spike_b, self.spike_out = E.MultiSpike(), E.MultiSpike(), E.MultiSpike()
+        self.out = torch.nn.Conv2d(4, 2, 1)
+        with torch.no_grad():
+            self.a.bias.fill_(1.5)
+            self.b.bias.fill_(1.5)
+
+    def forward(self, x):
+        g = self.spike_a(self.a(x)) * self.spike_b(self.b(x))
+        return self.out(self.spike_out(g * 6.0))
+
+
+def test_elementwise_spike_product_is_an_exact_host_mul():
+    torch.manual_seed(0)
+    model = _SpikeGate().eval()
+    x = E.random_images(3, 8, seed=2)
+    g = from_torch(model, (3, 8, 8))
+    (mul,) = [n for n, node in g.nodes.items() if isinstance(node, ir.HostOp)]
+    assert g.nodes[mul].op == "mul"
+    q = get_target("sim").quantize(canonicalize(g), calibration=x)
+    counts = get_target("sim").simulate(q, x).counts
+    ref = capture_counts(model, g, x)
+    for name in q.neurons():
+        assert np.array_equal(np.asarray(counts[name]).astype(np.int64), ref[name]), name
+    assert ref["spike_out"].sum() > 0
