@@ -49,6 +49,18 @@ def _width(layers) -> int:
     return max([24] + [len(lr.layer) for lr in layers])
 
 
+def percent(fraction: float, digits: int = 2) -> str:
+    """``100·fraction`` with ``digits`` decimals, '%' included, that never rounds a mismatch away:
+    a fraction strictly between 0 and 1 never prints as 0.00% or 100.00%."""
+    text = f"{100 * fraction:.{digits}f}"
+    step = 10.0 ** -digits
+    if 0 < fraction < 1 and float(text) <= 0:
+        return f"<{step:.{digits}f}%"
+    if 0 < fraction < 1 and float(text) >= 100:
+        return f">{100 - step:.{digits}f}%"
+    return text + "%"
+
+
 def mismatch_text(bad: int, total: int) -> str:
     """'0 / 602,112' style: an exact count, never a rounded percentage."""
     return f"{_count(bad)} / {_count(total)}"

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import ir
 from .errors import NeurodeployError, VerificationError
-from .precision import mismatch_text
+from .precision import mismatch_text, percent
 
 
 @dataclass
@@ -165,7 +165,7 @@ class VerifyReport:
                              f"{lr.max_abs_diff:>7d} {lr.mean_abs_diff:>9.4f} {ties:>6}  {fm}")
             if s.end_task:
                 e = s.end_task
-                txt = f"  end task ({e['layer']}): argmax agreement {100 * e['agreement']:.2f}%"
+                txt = f"  end task ({e['layer']}): argmax agreement {percent(e['agreement'])}"
                 if e.get("accuracy_reference") is not None:
                     txt += (f", accuracy reference {100 * e['accuracy_reference']:.2f}% / "
                             f"simulated {100 * e['accuracy_simulated']:.2f}%")

@@ -291,3 +291,11 @@ def test_hardware_targets_check_their_simulator_against_the_integer_reference(ta
     assert report.exactness is not None and report.exactness.ok and report.exactness.n_values > 0
     assert target in report.exactness.compared and report.ok()
     assert report.to_dict()["exactness"]["mismatches"] == 0
+
+
+def test_percent_never_rounds_a_mismatch_away():
+    from neurodeploy.precision import percent
+
+    assert percent(1 - 1 / 602112) == ">99.99%" and percent(1 / 602112) == "<0.01%"
+    assert percent(1.0) == "100.00%" and percent(0.0) == "0.00%" and percent(0.5, 1) == "50.0%"
+    assert percent(1 - 1e-7, 3) == ">99.999%"

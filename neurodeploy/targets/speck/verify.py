@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ... import ir, ops
+from ...precision import percent
 from .layers import extract
 from .barrier import quantize_for_barrier
 from .quantize import SpeckQuantizationWarning, quantize
@@ -97,12 +98,12 @@ class VerifyReport:
         for rid, name, cause in self.rungs:
             row = f"{rid:<5}{cause:<38}"
             for n in self.layers:
-                row += f"{100 * self.mismatch[rid][n]:>9.2f}% ({100 * self.step_mismatch[rid][n]:6.2f}%) " \
+                row += f"{percent(self.mismatch[rid][n]):>10} ({percent(self.step_mismatch[rid][n]):>7}) " \
                        f"[{self.mean_abs[rid][n]:.3f}]"
             s = self.synops.get(rid)
             row += f"{(s if s is not None else '-'):>12}"
             if self.task:
-                row += f"{100 * self.task[rid]['agreement']:>11.1f}%"
+                row += f"{percent(self.task[rid]['agreement'], 1):>12}"
                 row += f"{100 * self.task[rid]['accuracy']:>9.1f}%" if acc else ""
             lines.append(row)
         if self.barrier:
@@ -236,7 +237,7 @@ def barrier_lines(b: dict, mismatch: dict, step: dict, layers: list) -> list:
                      ", ".join(f"{k} x{v:.3f}" for k, v in b["scale_notes"].items()))
     for n in layers:
         o = b["own_input"][n]
-        lines.append(f"  {n:<24} = R2 {100 * (1 - step['R7'][n]):7.3f}%   in-budget wrong {o['in_budget_wrong']}   "
+        lines.append(f"  {n:<24} = R2 {percent(1 - step['R7'][n], 3):>8}   in-budget wrong {o['in_budget_wrong']}   "
                      f"over budget {o['over_budget']} ({100 * o['over_budget'] / max(o['neurons'], 1):.3f}%, "
                      f"+{o['excess']} spikes)   ties {o['ties']}")
     return lines
