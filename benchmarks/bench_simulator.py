@@ -22,6 +22,12 @@ Run: ``python benchmarks/bench_simulator.py`` (< 3 minutes on 2 cores). On a bus
 with ``OMP_WAIT_POLICY=PASSIVE``: by default PyTorch's OpenMP workers spin after every convolution
 and, with more runnable threads than cores, steal the core the simulator's numba steps need (seen:
 sync 754 ms vs 50 ms on the large net at load 13 on 2 cores; the floor itself 254 ms vs 43 ms).
+In a fresh process (as the CLI runs it) the simulator also takes ~1.6-2.7k minor page faults per
+call where the floor takes none: glibc returns the freed count/flag arrays to the OS and faults them
+in again on the next layer/call (``MALLOC_TRIM_THRESHOLD_=4000000000 MALLOC_MMAP_THRESHOLD_=1000000000``
+brings that to ~0-30 and the demo-sized sync run from 14.4 to 7.2 ms on one thread). In this
+benchmark, after its earlier large allocations have raised glibc's thresholds, it is ~1; the fault
+count is printed.
 """
 
 from __future__ import annotations
@@ -199,6 +205,18 @@ def folded_forward(graph: ir.Graph):
     return run
 
 
+def page_faults(fn, repeat: int = 10) -> float:
+    """Minor page faults per call (memory the allocator handed back to the OS and takes again):
+    a load-independent count, unlike times on a shared machine."""
+    import resource
+
+    fn()
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(repeat):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / repeat
+
+
 def agreement(ref: dict, got: dict) -> tuple[float, int]:
     """Fraction of all counts equal, number of layers that agree fully."""
     tot = eq = layers = 0
@@ -242,6 +260,7 @@ def bench(name: str, model: nn.Module, x: np.ndarray, D: int, repeat: int) -> di
             res["floor"] = {k: v.double().numpy() for k, v in floor_run(x32).items()}
 
     t_floor, t_sync_f = timeit_paired(floor_forward, lambda: simulate(q, x), 2 * repeat)
+    faults_sync, faults_floor = page_faults(lambda: simulate(q, x)), page_faults(floor_forward)
     t_stepped = timeit(lambda: res.__setitem__("stepped", simulate(q, x, fast_sync=False)), max(1, repeat // 2))
     t_sync24 = timeit(lambda: res.__setitem__("sync24", simulate(q24, x)), repeat)
     t_stream = timeit(lambda: res.__setitem__("streaming", simulate(q, x, schedule="streaming")), max(1, repeat // 2))
@@ -278,11 +297,12 @@ def bench(name: str, model: nn.Module, x: np.ndarray, D: int, repeat: int) -> di
           f"/ f64 forward = {t_sync / t_f64:.2f}×")
     floor = t_sync_f / t_floor
     print(f"  sync simulator / folded-net f32 forward (physical floor) = {floor:.2f}× "
-          f"(goal <= 1.1×: {'met' if floor <= 1.1 else 'NOT met'})")
+          f"(goal <= 1.1×: {'met' if floor <= 1.1 else 'NOT met'}); minor page faults per call: "
+          f"sync {faults_sync:.0f}, floor {faults_floor:.0f}")
     print(f"  (sync: float32 filter + exact refinement, default; time-stepped path (fast_sync=False) "
           f"/ f32 forward = {t_stepped / t_f32:.2f}×)")
     print(f"  24-bit accumulators (float32-exact, ~2^-20 precision) / f32 forward = {t_sync24 / t_f32:.2f}×")
-    return {"name": name, "t_f32": t_f32, "t_floor": t_floor, "t_sync_vs_floor": floor, "t_sync24": t_sync24, "t_f64": t_f64, "t_sync": t_sync,
+    return {"name": name, "t_f32": t_f32, "t_floor": t_floor, "t_sync_vs_floor": floor, "faults_sync": faults_sync, "t_sync24": t_sync24, "t_f64": t_f64, "t_sync": t_sync,
             "t_sync_stepped": t_stepped, "t_stream": t_stream,
             "t_sinabs": t_sinabs, "t_sinabs_barrier": t_sinabs_b}
 
