@@ -92,6 +92,7 @@ class VerifyReport:
     # the model's float forward (every mismatch explained by precision), see neurodeploy.precision
     exactness: Any = None
     precision: Any = None
+    calibration: str = ""  # where the quantisation scales came from (e.g. "--data x.npz (...)")
 
     def __getitem__(self, schedule: str) -> ScheduleReport:
         return self.schedules[schedule]
@@ -145,7 +146,8 @@ class VerifyReport:
                 fix="see the verify table; near-ties explain single flips, anything else is a conversion bug")
 
     def format_table(self) -> str:
-        lines = [part.table() for part in (self.exactness, self.precision) if part is not None]
+        lines = [f"quantisation scales from {self.calibration}"] if self.calibration and self.precision is None else []
+        lines += [part.table() for part in (self.exactness, self.precision) if part is not None]
         for s in self.schedules.values():
             status = "exact" if s.exact else "DIFFERS"
             if s.schedule not in self.required_exact and not s.exact:
@@ -181,6 +183,7 @@ class VerifyReport:
                 "n_samples": self.n_samples, "missing_layers": list(self.missing_layers),
                 "schedules": {k: v.to_dict() for k, v in self.schedules.items()},
                 "checks": [c.to_dict() for c in self.checks],
+                "calibration": self.calibration,
                 "exactness": None if self.exactness is None else self.exactness.to_dict(),
                 "precision": None if self.precision is None else self.precision.to_dict()}
 

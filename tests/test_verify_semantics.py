@@ -290,6 +290,7 @@ def test_hardware_targets_check_their_simulator_against_the_integer_reference(ta
                         schedules=("sync",))
     assert report.exactness is not None and report.exactness.ok and report.exactness.n_values > 0
     assert target in report.exactness.compared and report.ok()
+    assert "calibration file digits_calib.npz" in report.format_table().splitlines()[0]
     assert report.to_dict()["exactness"]["mismatches"] == 0
 
 
