@@ -241,3 +241,26 @@ def test_elementwise_spike_product_is_an_exact_host_mul():
     for name in q.neurons():
         assert np.array_equal(np.asarray(counts[name]).astype(np.int64), ref[name]), name
     assert ref["spike_out"].sum() > 0
+
+
+class _EinsumAttention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.k = torch.nn.Conv1d(3, 4, 1), torch.nn.Conv1d(3, 4, 1)
+        self.q_spike, self.k_spike = E.MultiSpike(), E.MultiSpike()
+
+    def forward(self, x):
+        x = x.flatten(2)
+        q, k = self.q_spike(self.q(x)), self.k_spike(self.k(x))
+        return torch.einsum("bcn,bdn->bcd", q, k)
+
+
+def test_unsupported_product_is_refused_with_a_working_until():
+    from neurodeploy.errors import HostOpError
+
+    model = _EinsumAttention().eval()
+    with pytest.raises(HostOpError) as e:
+        from_torch(model, (3, 4, 4))
+    assert "einsum" in str(e.value) and e.value.until in ("q_spike", "k_spike")
+    g = from_torch(model, (3, 4, 4), until=e.value.until)
+    assert g.neurons() == [e.value.until]

@@ -714,38 +714,13 @@ class _Converter:
         return self.emit(t.origin, node, [t.base], "permute", shape=shape)
 
     def host_refusal(self, n, op):
-        if op in ("mul", "div"):
-            kind = "element-wise product of two activation tensors"
-        else:
-            kind = f"{op} of two activation tensors (spike-driven self-attention: q·kᵀ or attn·v)"
-        cut = self.suggest_cut(n)
-        where = self.path(n) or n.name
-        reason = (f"{kind} at '{where}' multiplies activations by activations; that is not a weight×spike "
-                  f"synapse and must run on the host")
-        if cut:
-            fix = f"deploy the part before it with --until {cut} (until='{cut}') and run the rest on the host"
-        else:
-            fix = "no module before it can be cut off; run this model on the host"
-        e = HostOpError(reason, layer=where, fix=fix)
-        e.until = cut
-        return _Poison(e, self.order[n])
-
-    def suggest_cut(self, n) -> str | None:
-        stack = self.stack.get(n) or []
-        start = self.order[self.module_nodes[stack[0]][0]] if stack else self.order[n]
-        best = None
-        for p, nodes in self.module_nodes.items():
-            if any(p == a or p.startswith(a + ".") for a in stack):
-                continue
-            end = self.order[nodes[-1]]
-            if end >= start:
-                continue
-            if not isinstance(self.env.get(nodes[-1]), _V):
-                continue
-            key = (end, -p.count("."), -len(p))
-            if best is None or key > best[0]:
-                best = (key, p)
-        return best[1] if best else None
+        """A product of activations the host has no exact semantics for (einsum, a quotient,
+        broadcasting); the furthest working --until is added when the output depends on it."""
+        kind = "quotient" if op == "div" else "product"
+        reason = (f"'{op}' {kind} of two activation tensors: not a weight×spike synapse, and not one of the "
+                  f"host ops neurodeploy computes exactly (matmul, element-wise product of equal shapes)")
+        fix = "write it as `a @ b` or `a * b` of equal shapes (those run on the host)"
+        return _Poison(HostOpError(reason, layer=self.source_of(n), fix=fix), self.order[n])
 
     # -- op handlers --------------------------------------------------------------------------------
     def _const(self, n, v, what):
