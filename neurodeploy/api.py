@@ -101,9 +101,7 @@ def _data_shape(data, load_options: dict) -> tuple | None:
     """Per-sample shape of the ``data`` file's inputs, when the model may need it as its input shape."""
     if not data or load_options.get("input_shape") is not None:
         return None
-    from .datasets import open_source
-
-    return tuple(open_source(data).shards(1, 1)[0].read().x.shape[1:])
+    return tuple(load_data(data, 1).x.shape[1:])
 
 
 def calibration_inputs(calibration, dataset: Dataset | None, input_shape=None) -> tuple[Any, str]:
@@ -369,46 +367,32 @@ def _lava_text(lava: dict) -> str:
 
 def verify(model: str | Path, *, data: str | Path, target: str = "sim", limit: int | None = None,
            schedules: tuple[str, ...] | None = None, target_options: dict | None = None,
-           calibration: str | Path | None = None, runtime: str = "sim", batch_size: int | None = None,
-           runner=None, **load_options):
-    """Load, convert and quantise ``model`` for ``target``, then verify spike counts on ``data``
-    (an .npz, .npy, folder / glob of .npz shards or image folder: see :mod:`neurodeploy.datasets`),
-    batch by batch (``batch_size``), on Ray workers when ``runner`` (a ``distributed.Runner``) says so."""
-    from .datasets import DEFAULT_BATCH, open_source
-    from .streaming import calibration_head, stream_verify
+           calibration: str | Path | None = None, runtime: str = "sim", **load_options):
+    """Load, convert and quantise ``model`` for ``target``, then verify spike counts on ``data``."""
     from .targets import get_target
 
     prepared = prepare(model, **load_options, data_shape=_data_shape(data, load_options))
     tgt = get_target(target)
     shape = prepared.options["input_shape"]
-    source = open_source(data, image_size=int(shape[-1]) if shape and len(shape) == 3 else 224)
-    head, partial = calibration_head(source, shape, limit)
-    calib, calib_note = calibration_inputs(calibration, head, shape)
-    calib_note += "" if calibration else partial
-    _check(tgt, prepared.canonical, calib, head.x)
+    dataset = load_data(data, limit, input_shape=shape)
+    calib, calib_note = calibration_inputs(calibration, dataset, shape)
+    _check(tgt, prepared.canonical, calib, dataset.x)
     quantized = tgt.quantize(prepared.canonical, calibration=calib, **(target_options or {}))
-    return stream_verify(prepared, quantized, source, limit=limit, batch_size=batch_size or DEFAULT_BATCH,
-                         runner=runner, target=target, schedules=schedules, runtime=runtime,
-                         calibration_note=calib_note)
+    return verify_prepared(prepared, quantized, dataset, target=target, schedules=schedules, runtime=runtime,
+                           calibration_note=calib_note)
 
 
 def profile(model: str | Path, *, data: str | Path, target: str = "sim", limit: int | None = None,
-            energy: dict | None = None, calibration: str | Path | None = None, batch_size: int | None = None,
-            runner=None, **load_options):
+            energy: dict | None = None, calibration: str | Path | None = None, **load_options):
     """Per-layer SynOps / MACs / firing rates / energy of ``model`` on ``data`` (quantised with scales
-    from ``calibration``, else from ``data``, as ``compile`` does), batch by batch as :func:`verify`."""
-    from .datasets import DEFAULT_BATCH, open_source
-    from .streaming import calibration_head, stream_profile
+    from ``calibration``, else from ``data``, as ``compile`` does)."""
     from .targets import get_target
 
     prepared = prepare(model, **load_options, data_shape=_data_shape(data, load_options))
-    shape = prepared.options["input_shape"]
-    source = open_source(data, image_size=int(shape[-1]) if shape and len(shape) == 3 else 224)
-    head, _ = calibration_head(source, shape, limit)
-    calib, _ = calibration_inputs(calibration, head, shape)
+    dataset = load_data(data, limit, input_shape=prepared.options["input_shape"])
+    calib, _ = calibration_inputs(calibration, dataset, prepared.options["input_shape"])
     quantized = get_target(target).quantize(prepared.canonical, calibration=calib)
-    return stream_profile(quantized, source, input_shape=shape, energy=energy, limit=limit,
-                          batch_size=batch_size or DEFAULT_BATCH, runner=runner)
+    return run_profile(quantized, dataset.x, energy=energy)
 
 
 def speck_barrier_cost_text(host_program_path) -> str:
