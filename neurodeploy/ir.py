@@ -214,6 +214,81 @@ class IFNeuron(Node):
                                        "takes D timesteps")
 
 
+LIF_RESETS = ("subtract", "zero", "none")
+LIF_FIRING = ("strict", "non_strict", "multi")
+LIF_RESET_TIMING = ("same_step", "next_step")
+
+
+@dataclass(eq=False)
+class LIFNeuron(Node):
+    """A time-stepped leaky (or, with ``beta = 1``, non-leaky) integrate-and-fire neuron, stepped
+    once per timestep of the graph's time axis (``graph.metadata['timesteps']`` = T).
+
+    Per timestep t, with ``I`` the neuron's input current at t (after its weight layer), ``v`` the
+    stored membrane (``v_init`` before step 0), θ = ``threshold``::
+
+        r = fire(v)            if reset_timing == 'next_step'  (snnTorch reset_delay=True) else 0
+        v = beta·v + gain·I − r·θ              (reset 'subtract')
+        v = beta·(1 − r)·v + gain·I            (reset 'zero')
+        s = fire(v)            'strict': v > θ;  'non_strict': v >= θ;
+                               'multi': floor(v/θ) spikes if v >= θ (sinabs MultiSpike), else 0
+        if reset_timing == 'same_step':  v = v − s·θ ('subtract'),  v = 0 where s > 0 ('zero')
+        v = max(v, v_min)      if v_min is not None (sinabs min_v_mem)
+
+    and the neuron passes ``s`` on. ``beta`` and ``gain`` are scalars or arrays that broadcast
+    against the per-sample shape (per channel: shape ``(C, 1, 1)`` / ``(C,)``). Where each
+    framework's module lands (read from its source; the converters in
+    :mod:`neurodeploy.converters.neurons` cite the lines):
+
+    * snnTorch 1.0 ``Leaky`` (``snntorch/_neurons/leaky.py``: ``mem_reset`` before
+      ``state_function``, ``_base_state_function = beta.clamp(0, 1) * mem + input_``, ``_base_sub``
+      subtracts ``reset * threshold``, ``fire`` = ``spike_grad(mem - threshold)`` = H(>0)):
+      beta = clamp(β, 0, 1), gain 1, 'strict', 'next_step' (``reset_delay=False``: 'same_step').
+    * SpikingJelly ``IFNode`` / ``LIFNode`` (``neuronal_charge``: ``v = v + x`` /
+      ``v = v + (x - (v - v_reset)) / tau`` with decay_input; ``neuronal_fire`` =
+      ``heaviside(v - v_threshold)`` = H(>=0); ``v_reset=None`` subtracts): beta = 1 − 1/τ, gain
+      1/τ (decay_input) or 1, 'non_strict', 'same_step', reset 'subtract' or 'zero' (v_reset = 0).
+    * sinabs ``IAF`` / ``LIF`` (``layers/functional/lif.py`` ``lif_forward_single``:
+      ``v_mem = alpha_mem * v_mem + (1 - alpha_mem) * i`` with norm_input, ``MultiSpike``:
+      ``(v > 0) * trunc(v / θ)``, ``MembraneSubtract``, ``min_v_mem`` floor): beta = α =
+      exp(−1/τ) (IAF: 1), gain 1 − α (norm_input) or 1, 'multi' (or 'non_strict' for
+      SingleSpike), 'same_step'.
+    """
+
+    beta: Any = 1.0
+    gain: Any = 1.0
+    threshold: float = 1.0
+    reset: str = "subtract"
+    firing: str = "strict"
+    reset_timing: str = "same_step"
+    v_init: float = 0.0
+    v_min: float | None = None
+
+    def __post_init__(self):
+        for value, allowed, what in ((self.reset, LIF_RESETS, "reset"), (self.firing, LIF_FIRING, "firing"),
+                                     (self.reset_timing, LIF_RESET_TIMING, "reset_timing")):
+            if value not in allowed:
+                raise NeurodeployError(f"unknown {what} {value!r} of a time-stepped neuron",
+                                       layer=self.source or None, fix=f"use one of {', '.join(allowed)}")
+        if not np.isfinite(self.threshold) or self.threshold <= 0:
+            raise NeurodeployError(f"threshold {self.threshold!r} of a time-stepped neuron is not positive",
+                                   layer=self.source or None, fix="use a finite threshold > 0")
+
+    @property
+    def leaky(self) -> bool:
+        return bool(np.any(np.asarray(self.beta, dtype=np.float64) != 1.0))
+
+
+def timesteps(graph: "Graph") -> int | None:
+    """The graph's time axis T (``metadata['timesteps']``), None for a graph without one (SFA)."""
+    t = graph.metadata.get("timesteps")
+    return int(t) if t is not None else None
+
+
+def is_time_stepped(graph: "Graph") -> bool:
+    return timesteps(graph) is not None or any(isinstance(n, LIFNeuron) for n in graph.nodes.values())
+
+
 HOST_OPS = ("permute", "matmul", "mul")
 
 
@@ -246,7 +321,8 @@ class HostOp(Node):
 
 WEIGHT_NODES = (Conv2d, Conv1d, Linear)
 NODE_TYPES = {cls.__name__: cls for cls in (Input, Output, Conv2d, Conv1d, Linear, BatchNorm, SumPool2d,
-                                            AvgPool2d, Scale, Flatten, Reshape, Add, IFNeuron, HostOp)}
+                                            AvgPool2d, Scale, Flatten, Reshape, Add, IFNeuron, HostOp,
+                                            LIFNeuron)}
 
 
 def topological_order(names: list[str], edges: list[tuple[str, str]]) -> list[str]:

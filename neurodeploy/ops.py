@@ -149,6 +149,8 @@ def evaluate(graph: ir.Graph, x, quantized: bool | None = None) -> dict[str, tor
     are tested against.
     """
     quantized = graph.is_quantized if quantized is None else quantized
+    if ir.is_time_stepped(graph):
+        return evaluate_timestepped(graph, x, quantized)
     values: dict[str, torch.Tensor] = {}
     for name in graph.topo_order():
         node = graph.nodes[name]
@@ -162,3 +164,106 @@ def evaluate(graph: ir.Graph, x, quantized: bool | None = None) -> dict[str, tor
         else:
             values[name] = linear_op(node, ins, quantized)
     return values
+
+
+# -- time-stepped graphs (LIF / IF neurons over T timesteps) ----------------------------------------
+
+def _per_sample(a) -> torch.Tensor:
+    t = as_tensor(a)
+    return t.unsqueeze(0)  # broadcast over the batch dimension
+
+
+def lif_fire(node: ir.LIFNeuron, v: torch.Tensor) -> torch.Tensor:
+    """Spikes of a :class:`ir.LIFNeuron` with membrane ``v`` (see its docstring)."""
+    theta = float(node.threshold)
+    if node.firing == "strict":
+        return (v > theta).to(v.dtype)
+    if node.firing == "non_strict":
+        return (v >= theta).to(v.dtype)
+    return torch.where(v >= theta, torch.floor(v / theta), torch.zeros_like(v))
+
+
+def lif_step(node: ir.LIFNeuron, v: torch.Tensor, current: torch.Tensor,
+             fired_on: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One timestep of a :class:`ir.LIFNeuron`: (spikes, new membrane). ``fired_on`` (a list), if
+    given, receives the membrane the firing rule looked at (before the same-step reset)."""
+    theta = float(node.threshold)
+    beta, gain = _per_sample(node.beta), _per_sample(node.gain)
+    r = lif_fire(node, v) if node.reset_timing == "next_step" and node.reset != "none" else None
+    if node.reset == "zero" and r is not None:
+        v = v * (1 - (r > 0).to(v.dtype))
+    v = beta * v + gain * current
+    if node.reset == "subtract" and r is not None:
+        v = v - r * theta
+    s = lif_fire(node, v)
+    if fired_on is not None:
+        fired_on.append(v)
+    if node.reset_timing == "same_step":
+        if node.reset == "subtract":
+            v = v - s * theta
+        elif node.reset == "zero":
+            v = torch.where(s > 0, torch.zeros_like(v), v)
+    if node.v_min is not None:
+        v = v.clamp(min=float(node.v_min))
+    return s, v
+
+
+def time_major_input(graph: ir.Graph, x) -> torch.Tensor:
+    """The input as [B, T, *input_shape]: event data already has its T axis; a static input
+    ([B, *input_shape]) is repeated for T steps."""
+    node = graph.nodes[graph.input_names()[0]]
+    x = as_tensor(x)
+    T = ir.timesteps(graph) or 1
+    per_sample = len(node.input_shape)
+    if x.dim() == per_sample + 2:
+        if x.shape[1] != T:
+            raise NeurodeployError(f"input has {x.shape[1]} timesteps, the graph {T}", layer=node.source,
+                                   fix=f"give x as [N, {T}, ...] or a static [N, ...] (repeated {T} times)")
+        return x
+    if x.dim() == per_sample + 1:
+        return x.unsqueeze(1).expand((x.shape[0], T) + tuple(x.shape[1:]))
+    raise NeurodeployError(f"input of shape {tuple(x.shape)} fits neither [N, T, *{tuple(node.input_shape)}] "
+                           f"nor [N, *{tuple(node.input_shape)}]", layer=node.source,
+                           fix="give event data as [N, T, ...] or a static input as [N, ...]")
+
+
+def evaluate_timestepped(graph: ir.Graph, x, quantized: bool = False,
+                         membranes: dict | None = None) -> dict[str, torch.Tensor]:
+    """Evaluate a time-stepped graph for T steps; every node's value is ``[B, T, *shape]``.
+
+    Within a step the layers run in topological order with no synaptic delay (the frameworks'
+    forward: ``fc1 -> lif1 -> fc2 -> lif2`` in one step). LIF neurons give their spike trains; an
+    SFA IF neuron in the same graph applies its closed-form count to each step's input.
+    ``membranes`` (a dict), if given, receives each LIF layer's membranes ``[B, T, *shape]`` as the
+    firing rule saw them (before the same-step reset)."""
+    if quantized:
+        raise NeurodeployError("time-stepped (LIF) graphs run in float64 only; integer LIF is not built yet",
+                               fix="simulate the unquantised graph (ops.evaluate_timestepped / simulate)")
+    xs = time_major_input(graph, x)
+    order = graph.topo_order()
+    state: dict[str, torch.Tensor] = {}
+    steps: dict[str, list] = {n: [] for n in order}
+    for t in range(xs.shape[1]):
+        values: dict[str, torch.Tensor] = {}
+        for name in order:
+            node = graph.nodes[name]
+            srcs = graph.inputs_of(name)
+            ins = [neuron_output(graph.nodes[i], values[i], False) if isinstance(graph.nodes[i], ir.IFNeuron)
+                   else values[i] for i in srcs]
+            if isinstance(node, ir.Input):
+                values[name] = xs[:, t]
+            elif isinstance(node, ir.LIFNeuron):
+                v = state.get(name)
+                if v is None:
+                    v = torch.full_like(ins[0], float(node.v_init))
+                values[name], state[name] = lif_step(node, v, ins[0], membranes.setdefault(name, [])
+                                                     if membranes is not None else None)
+            elif isinstance(node, ir.IFNeuron):
+                values[name] = spike_count(node, ins[0], False)
+            else:
+                values[name] = linear_op(node, ins, False)
+            steps[name].append(values[name])
+    if membranes is not None:
+        for k in list(membranes):
+            membranes[k] = torch.stack(membranes[k], 1)
+    return {n: torch.stack(v, 1) for n, v in steps.items()}

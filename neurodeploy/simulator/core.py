@@ -753,6 +753,13 @@ def simulate(graph: ir.Graph, x, *, schedule: str = "sync", record_trains: bool 
     ``record_trains``): use the exact filter-and-refine path (see the module docstring; same counts
     and near ties); ``False`` steps every neuron through its D timesteps.
     """
+    if ir.is_time_stepped(graph):  # LIF/IF over T steps: one step per timestep, no D budget
+        from .timestepped import simulate_timestepped
+
+        graph.validate()
+        if any(n.shape is None for n in graph.nodes.values()):
+            graph = ir.infer_shapes(graph.copy())
+        return simulate_timestepped(graph, x, batch_size=batch_size)
     if schedule not in SCHEDULES:
         raise NeurodeployError(f"unknown schedule {schedule!r}", fix=f"use one of {', '.join(SCHEDULES)}")
     graph.validate()

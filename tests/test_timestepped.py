@@ -1,0 +1,227 @@
+"""Time-stepped SNNs (issue 10): real snnTorch, SpikingJelly and sinabs modules enter without
+rewriting, and the simulator's spike trains equal the model's own forward step by step."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from neurodeploy import ir, ops
+from neurodeploy.converters.neurons import from_timestepped, model_spike_trains
+from neurodeploy.errors import NeurodeployError
+from neurodeploy.simulator import simulate
+from neurodeploy.verify_timestepped import format_report, verify_timestepped
+
+snn = pytest.importorskip("snntorch")
+sj_neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
+sj_layer = pytest.importorskip("spikingjelly.activation_based.layer")
+sinabs_layers = pytest.importorskip("sinabs.layers")
+
+T = 6
+
+
+def assert_exact(model, graph, x, **kw):
+    report = verify_timestepped(model, graph, x, **kw)
+    assert report["exact"], format_report(report)
+    assert sum(r["spikes_model"] for r in report["layers"].values()) > 0  # something fired
+    return report
+
+
+class SnnTorchMLP(nn.Module):
+    """As snnTorch's tutorials write it: a loop over T calling the layers, membranes from init_leaky."""
+
+    def __init__(self, T=T, **leaky):
+        super().__init__()
+        self.T = T
+        self.fc1, self.lif1 = nn.Linear(10, 24), snn.Leaky(beta=0.85, **leaky)
+        self.fc2, self.lif2 = nn.Linear(24, 5), snn.Leaky(beta=torch.full((5,), 0.7), **leaky)
+
+    def forward(self, x):
+        mem1, mem2 = self.lif1.init_leaky(), self.lif2.init_leaky()
+        out = []
+        for _ in range(self.T):
+            spk1, mem1 = self.lif1(self.fc1(x), mem1)
+            spk2, mem2 = self.lif2(self.fc2(spk1), mem2)
+            out.append(spk2)
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("leaky", [{}, {"reset_mechanism": "zero"}, {"reset_delay": False},
+                                   {"threshold": 0.6, "reset_mechanism": "zero", "reset_delay": False}])
+def test_snntorch_leaky_loop_matches_per_step(leaky):
+    torch.manual_seed(1)
+    net = SnnTorchMLP(**leaky)
+    x = torch.rand(16, 10) * 1.5
+    g = from_timestepped(net, x, T)
+    lif = g.nodes["lif1"]
+    assert (lif.firing, lif.reset, lif.beta) == ("strict", leaky.get("reset_mechanism", "subtract"),
+                                                  pytest.approx(0.85))
+    assert lif.reset_timing == ("next_step" if leaky.get("reset_delay", True) else "same_step")
+    assert_exact(net, g, x)
+
+
+def test_snntorch_beta_one_is_not_leaky_and_synaptic_is_refused():
+    net = SnnTorchMLP()
+    net.lif1 = snn.Leaky(beta=1.0)
+    g = from_timestepped(net, torch.rand(4, 10), T)
+    assert not g.nodes["lif1"].leaky and g.nodes["lif2"].leaky
+
+    class Syn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.syn = nn.Linear(3, 3), snn.Synaptic(alpha=0.9, beta=0.8)
+
+        def forward(self, x):
+            return self.syn(self.fc(x))[0]
+
+    with pytest.raises(NeurodeployError, match=r"(?s)layer 'syn'.*Synaptic.*nearest supported form: snntorch.Leaky"):
+        from_timestepped(Syn(), torch.rand(2, 3), 1)
+
+
+def sj_convnet(node_cls, step_mode, **kw):
+    net = nn.Sequential(
+        sj_layer.Conv2d(2, 6, 3, padding=1, step_mode=step_mode), node_cls(step_mode=step_mode, **kw),
+        sj_layer.AvgPool2d(2, step_mode=step_mode),
+        sj_layer.Flatten(step_mode=step_mode), sj_layer.Linear(6 * 4 * 4, 7, step_mode=step_mode),
+        node_cls(step_mode=step_mode, **kw))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.mul_(3.0)
+    return net
+
+
+@pytest.mark.parametrize("node_cls,kw", [(sj_neuron.IFNode, {"v_reset": None}), (sj_neuron.IFNode, {}),
+                                         (sj_neuron.LIFNode, {"tau": 2.0, "v_reset": None}),
+                                         (sj_neuron.LIFNode, {"tau": 3.0, "decay_input": False})])
+def test_spikingjelly_multistep_event_input(node_cls, kw):
+    net = sj_convnet(node_cls, "m", **kw)
+    torch.manual_seed(3)
+    x = (torch.rand(5, T, 2, 8, 8) < 0.4).float()  # graph data [N, T, ...]
+    g = from_timestepped(net, x.transpose(0, 1).contiguous(), T, input_layout="TN")
+    assert g.metadata["step_mode"] == "multi" and ir.timesteps(g) == T
+    assert g.nodes[g.of_type(ir.LIFNeuron)[0]].firing == "non_strict"
+    assert_exact(net, g, x)
+
+
+def test_spikingjelly_single_step_loop():
+    body = sj_convnet(sj_neuron.LIFNode, "s", tau=2.0)
+
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x):  # x: [T, N, ...], one call per step, as SpikingJelly's single-step examples
+            return torch.stack([self.body(x[t]) for t in range(x.shape[0])])
+
+    net = Loop()
+    x = (torch.rand(4, T, 2, 8, 8) < 0.4).float()
+    g = from_timestepped(net, x.transpose(0, 1).contiguous(), T, input_layout="TN")
+    assert g.metadata["step_mode"] == "step"
+    assert_exact(net, g, x)
+
+
+def sinabs_net(squeeze: bool, leaky: bool, **kw):
+    if squeeze:
+        cls = sinabs_layers.LIFSqueeze if leaky else sinabs_layers.IAFSqueeze
+        extra = dict(batch_size=4, **({"tau_mem": 4.0} if leaky else {}))
+        net = nn.Sequential(nn.Conv2d(1, 4, 3), cls(**extra, **kw), sinabs_layers.SumPool2d(2),
+                            nn.Flatten(), nn.Linear(4 * 3 * 3, 6), cls(**extra, **kw))
+    else:
+        cls = sinabs_layers.LIF if leaky else sinabs_layers.IAF
+        extra = {"tau_mem": 4.0} if leaky else {}
+        net = nn.Sequential(nn.Linear(12, 20), cls(**extra, **kw), nn.Linear(20, 6), cls(**extra, **kw))
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.mul_(4.0)
+    return net
+
+
+@pytest.mark.parametrize("leaky", [False, True])
+@pytest.mark.parametrize("kw", [{}, {"min_v_mem": -1.0}])
+def test_sinabs_iaf_lif_multispike(leaky, kw):
+    net = sinabs_net(False, leaky, **kw)
+    x = torch.rand(4, T, 12) * 2
+    g = from_timestepped(net, x, T, input_layout="NT")
+    assert g.nodes[g.of_type(ir.LIFNeuron)[0]].firing == "multi"
+    report = assert_exact(net, g, x)
+    trains = simulate(g, x.double()).trains
+    assert max(int(t.max()) for t in trains.values()) > 1  # several spikes in one step (MultiSpike)
+    assert report["layers"]
+
+
+@pytest.mark.parametrize("leaky", [False, True])
+def test_sinabs_squeeze_conv(leaky):
+    net = sinabs_net(True, leaky)
+    x = torch.rand(4, T, 1, 8, 8) * 2
+    g = from_timestepped(net, x.reshape(4 * T, 1, 8, 8), T, input_layout="N*T")
+    assert [n.kind for n in g.nodes.values()][:4] == ["Input", "Conv2d", "LIFNeuron", "SumPool2d"]
+    assert_exact(net, g, x)
+
+
+def test_first_divergence_is_located_and_classified():
+    torch.manual_seed(5)
+    net = SnnTorchMLP()
+    x = torch.rand(8, 10) * 1.5
+    g = from_timestepped(net, x, T)
+    g.nodes["lif2"].threshold = 0.7  # a conversion error in the second layer only
+    report = verify_timestepped(net, g, x)
+    f = report["first_divergence"]
+    assert not report["exact"] and f["layer"] == "lif2" and f["kind"] == "conversion"
+    assert report["layers"]["lif1"]["train_mismatches"] == 0
+    ref = model_spike_trains(net, g, x)["lif2"]
+    assert (ref[:, :f["step"]] == simulate(g, x.double()).trains["lif2"][:, :f["step"]]).all()
+    assert "first divergence: layer 'lif2'" in format_report(report)
+
+
+def test_float_rounding_divergence_is_classified_as_rounding():
+    lin = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(0.1)
+    net = nn.Sequential(lin, sj_neuron.IFNode(v_threshold=0.3, v_reset=None, step_mode="m"))
+    x = torch.ones(1, T, 1)
+    g = from_timestepped(net, x.transpose(0, 1).contiguous(), T, input_layout="TN")
+    # float32: 0.1f·3 steps lands on one side of 0.3f; float64 of the same weight on the other, or not:
+    report = verify_timestepped(net, g, x)
+    f = report["first_divergence"]
+    assert f is None or f["kind"] == "float rounding"
+
+
+def test_unsupported_forms_are_refused_by_name():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = nn.Linear(4, 4), snn.Leaky(beta=0.9, init_hidden=True)
+
+        def forward(self, x):
+            return self.lif(self.fc(x) + x)
+
+    with pytest.raises(NeurodeployError, match="between 'fc' and 'lif' outside any module"):
+        from_timestepped(Residual(), torch.rand(2, 4), 1)
+    net = nn.Sequential(nn.Linear(4, 4), sj_neuron.LIFNode(v_reset=-0.5))
+    with pytest.raises(NeurodeployError, match=r"(?s)v_reset=-0.5.*LIFNode\(v_reset=0.0\)"):
+        from_timestepped(net, torch.rand(2, 4), 1)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), sinabs_layers.IAFSqueeze(batch_size=2))
+    with pytest.raises(NeurodeployError, match="max-pooling.*"):
+        from_timestepped(net, torch.rand(2, 1, 6, 6), 1, input_layout="N*T")
+
+
+def test_static_and_event_input_and_mixed_graph():
+    g = ir.Graph(metadata={"timesteps": 3})
+    g.add("in", ir.Input(input_shape=(2,)))
+    g.add("fc", ir.Linear(weight=np.eye(2), bias=None), ["in"])
+    g.add("lif", ir.LIFNeuron(beta=0.5, threshold=1.0, reset="zero", firing="non_strict"), ["fc"])
+    g.add("sfa", ir.IFNeuron(threshold=1.0, max_spikes=4, v_init=0.5), ["lif"])
+    g.add("out", ir.Output(), ["sfa"])
+    ir.infer_shapes(g)
+    static = ops.evaluate(g, torch.tensor([[0.6, 2.0]]))
+    event = ops.evaluate(g, torch.tensor([[[0.6, 2.0]] * 3]))
+    # v: 0.6 -> 0.9 -> 1.05 (fires, reset to 0); 2.0 fires every step
+    assert static["lif"][0, :, 0].tolist() == [0, 0, 1] and static["lif"][0, :, 1].tolist() == [1, 1, 1]
+    assert torch.equal(static["lif"], event["lif"]) and torch.equal(static["sfa"], event["lif"])
+    with pytest.raises(NeurodeployError, match="has 2 timesteps, the graph 3"):
+        ops.evaluate(g, torch.zeros(1, 2, 2))
