@@ -16,4 +16,8 @@ $VPY -m pip install -q -c scripts/constraints.txt -e ".[test,loihi]"
 # sinabs 3.1.3 pins nir<=1.0.4 and depends on samna, whose PyPI releases are network stubs:
 # install it without dependencies (we only use its core layers, never sinabs.backend.dynapcnn).
 $VPY -m pip install -q -c scripts/constraints.txt --no-deps "sinabs==3.1.3" "pbr"
+# snnTorch and SpikingJelly, for the time-stepped SNN tests (tests/test_timestepped.py): without
+# dependencies so pip cannot touch torch; what they really import (torch, numpy, matplotlib, h5py,
+# nir) is already there. SpikingJelly 0.0.0.0.14: 2.x needs loguru, tensorboard and torchvision.
+$VPY -m pip install -q -c scripts/constraints.txt --no-deps "snntorch==1.0.0" "spikingjelly==0.0.0.0.14"
 $VPY scripts/install_lava.py
