@@ -18,7 +18,9 @@ in every interleaving. (``plan_barrier`` raises, naming the layer, when the 16-b
 it.) The bound c_j: the input's events per pixel (``input_bound``), times pool² for a pooled
 destination; for a layer source either its budget D (``bounds='budget'``: *assumed*, true when no
 source neuron is over budget) or the most spikes the barrier can make it fire (``bounds='weights'``:
-*guaranteed*, min(release events, floor(y_max/θ)) of the source).
+*guaranteed*, min(release events, floor(y_max/θ)) of the source). ``bounds='calibration'``
+(*assumed*) takes P and N as ``margin`` × the largest partial sums a calibration batch produces
+(never above the 'budget' bound).
 
 Release (after the layer's input is complete; the next layer is still held)
 ----------------------------------------------------------------------------
