@@ -182,3 +182,26 @@ def test_cli_barrier_options_are_for_speck_only(tmp_path):
                                   "--target", "sim", "--no-barrier", "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "--target speck only" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_gate_feature_kernel_memory_moves_a_full_layer_to_a_larger_core():
+    from neurodeploy.errors import DesignRuleError
+    from neurodeploy.targets.speck.barrier import barrier_core_map
+    from neurodeploy.targets.speck.layers import extract
+    from neurodeploy.targets.speck.mapping import KERNEL_MEMORY, layer_memory
+    rng = np.random.default_rng(0)
+    g = ir.Graph()
+    g.add("x", ir.Input(input_shape=(16, 4, 4), is_spikes=True))
+    g.add("conv", ir.Conv2d(weight=rng.normal(0, 0.1, (64, 16, 3, 3)), bias=None, padding=1), "x")
+    g.add("n", ir.IFNeuron(threshold=1.0, v_init=0.5, max_spikes=2), "conv")
+    g.add("out", ir.Output(), "n")
+    ir.infer_shapes(g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpeckQuantizationWarning)
+        qg, plan = quantize_for_barrier(g, input_bound=1)
+    net = extract(qg)
+    assert layer_memory(net.layers["conv"])["kernel"] == KERNEL_MEMORY[0]  # 16·16·64: exactly a 16Ki core
+    core = barrier_core_map(net, plan)["conv"]
+    assert KERNEL_MEMORY[core] > KERNEL_MEMORY[0]  # + the gate feature: 17·16·64 words
+    with pytest.raises(DesignRuleError, match="core 0 of core_map cannot hold it"):
+        barrier_core_map(net, plan, {"conv": 0})
