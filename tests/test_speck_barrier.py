@@ -205,3 +205,21 @@ def test_gate_feature_kernel_memory_moves_a_full_layer_to_a_larger_core():
     assert KERNEL_MEMORY[core] > KERNEL_MEMORY[0]  # + the gate feature: 17·16·64 words
     with pytest.raises(DesignRuleError, match="core 0 of core_map cannot hold it"):
         barrier_core_map(net, plan, {"conv": 0})
+
+
+def test_run_on_chip_needs_real_samna_and_input_raster_matches_the_simulator(tmp_path):
+    from neurodeploy.targets import get_target
+    from neurodeploy.targets.speck import examples
+    from neurodeploy.targets.speck.host import input_raster, load_artefact, run_on_chip
+    from neurodeploy.targets.speck.simulate import input_counts
+    g = examples.conv_net(is_spikes=False)
+    x = np.abs(examples.random_counts(g, 2)).astype(float) * 0.37
+    t = get_target("speck")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpeckQuantizationWarning)
+        qg = t.quantize(g, x)
+        t.emit(qg, tmp_path)
+    art = load_artefact(tmp_path)
+    assert np.array_equal(input_raster(art["config"], x[1]), input_counts(qg, x)[1])
+    with pytest.raises(NeurodeployError, match="cannot run on a chip"):
+        run_on_chip(tmp_path, x)

@@ -215,3 +215,53 @@ def load_artefact(folder) -> dict:
                                    f"{FORMAT_VERSION}", fix="recompile the model")
         out[key] = d
     return out
+
+
+def input_raster(config: dict, x) -> np.ndarray:
+    """One sample's integer input counts as the artefact codes them (``round(x · scale_q)`` for a
+    real-valued input, the counts themselves for spikes), shaped (C, H, W)."""
+    from .events import as_counts
+    inp = config["input"]
+    a = np.asarray(x, np.float64).reshape(inp["shape"])
+    if not inp["is_spikes"]:
+        a = np.round(a * float(inp["scale_q"]))
+    return as_counts(a)
+
+
+def run_on_chip(folder, x, *, device: str = "speck2fdevkit:0") -> list[dict]:
+    """Run the samples ``x`` [B, *input_shape] through a connected Speck with the artefact of
+    ``folder``: per sample apply the configuration (which writes the held ``neurons_initial_value``),
+    send ``sample_event_stream`` and count the monitored output events; returns per sample
+    {layer: counts array [F, H, W]}. Needs SynSense's real samna (imported only then)."""
+    import importlib
+
+    from .config import samna_available, to_samna
+    from .probe import _open_device, _run_sample
+    ok, why = samna_available()
+    if not ok:
+        raise NeurodeployError(f"cannot run on a chip: {why}",
+                               fix="install SynSense's samna on the machine the Speck is connected to; without it "
+                                   "simulate the same stream with simulate.simulate_barrier")
+    samna = importlib.import_module("samna")
+    art = load_artefact(folder)
+    cfg, (valid, msg) = to_samna(art["config"])
+    if not valid:
+        raise NeurodeployError(f"samna refused the configuration: {msg}")
+    dev = _open_device(samna, device)
+    outputs = art["config"]["output"]["layers"]
+    results = []
+    for sample in np.asarray(x):
+        ev = sample_event_stream(art, input_raster(art["config"], sample))
+        rows = [(int(e["core"]), int(e["x"]), int(e["y"]), int(e["feature"]), int(e["timestamp"])) for e in ev]
+        counts = _run_sample(samna, dev, cfg, rows)
+        per_layer = {}
+        for lname, o in outputs.items():
+            F, H, W = (list(o["shape"]) + [1, 1])[:3]
+            r = np.zeros((F, H, W), np.int64)
+            for key, n in counts.items():
+                core, cx, cy, f = (int(v) for v in key.split(":"))
+                if core == o["core"]:
+                    r[f, cy, cx] += n
+            per_layer[lname] = r
+        results.append(per_layer)
+    return results
