@@ -264,3 +264,35 @@ def test_unsupported_product_is_refused_with_a_working_until():
     assert "einsum" in str(e.value) and e.value.until in ("q_spike", "k_spike")
     g = from_torch(model, (3, 4, 4), until=e.value.until)
     assert g.neurons() == [e.value.until]
+
+
+class _TokenHead(torch.nn.Module):
+    """Mean over tokens of a residual sum on (C, N) tokens, then reshapes and a scaling."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.s1, self.s2 = E.MultiSpike(), E.MultiSpike()
+        self.fc = torch.nn.Conv1d(8, 8, 1)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        B = x.shape[0]
+        x = self.conv(x).reshape(B, 8, -1)
+        x = x + self.fc(self.s1(x))
+        x = x.mean(-1).reshape(B, 8, 1).flatten(1)
+        return self.head(self.s2(x * 2.0))
+
+
+def test_mean_over_tokens_through_reshapes_folds_exactly():
+    torch.manual_seed(0)
+    model = _TokenHead().eval()
+    x = E.random_images(4, 8, seed=0)
+    g = from_torch(model, (3, 8, 8))
+    c = canonicalize(g)
+    assert c.nodes["s2"].threshold == pytest.approx(64 / 2.0)   # 1/N and * 2 in the threshold
+    q = get_target("sim").quantize(c, calibration=x)
+    counts, ref = get_target("sim").simulate(q, x).counts, capture_counts(model, g, x)
+    for name in q.neurons():
+        assert np.array_equal(np.asarray(counts[name]).astype(np.int64), ref[name]), name
+    assert ref["s2"].sum() > 0

@@ -174,6 +174,9 @@ def _push_forward(g: ir.Graph, start: str, f: np.ndarray, dry: bool) -> str | No
             why = _push_through_host(g, c, node, f, dry)
             if why:
                 return why
+        elif isinstance(node, ir.Scale):  # merge into a later scaling (folded after this one)
+            if not dry:
+                node.scale = _factor(node.scale, node.shape) * f
         elif isinstance(node, ir.IFNeuron) and _uniform(f):
             # a neuron's single input scaled by s: the same spikes with threshold and v_init / s
             if not dry:
