@@ -465,11 +465,13 @@ _LEAKY = ("LIF", "CubaLIF", "LI", "CubaLI", "I")
 
 
 def _node_from_nir(name: str, nn, meta: dict, in_shape: tuple | None, default_max_spikes: int,
-                   foreign_if: list[str]) -> ir.Node:
+                   foreign_if: list[str], convention: str | None = None) -> ir.Node:
     nir = _nir()
     kind = _m_str(meta, KIND_KEY)
     source = _m_str(meta, "source", "") if kind else f"nir:{name}"
     tname = type(nn).__name__
+    if convention is not None and tname in ("IF", "LIF", "CubaLIF") and kind != "IFNeuron":
+        return _lif_from_nir(name, nn, source, convention)
 
     if isinstance(nn, nir.Input):
         shape = _ints(nn.input_type["input"])
@@ -549,6 +551,13 @@ def _node_from_nir(name: str, nn, meta: dict, in_shape: tuple | None, default_ma
         foreign_if.append(name)
         return ir.IFNeuron(threshold=thr / r, max_spikes=int(default_max_spikes), rounding="floor",
                            v_init=0.0, norm=1.0, reset="subtract", source=source)
+    if tname in ("LIF", "CubaLIF"):
+        tau = _np(nn.tau if tname == "LIF" else nn.tau_mem).reshape(-1)
+        what = "a non-leaky (tau = inf) LIF" if np.all(np.isinf(tau)) else f"a leaky {tname} (tau={tau[:4].tolist()}...)"
+        raise UnsupportedOpError(
+            f"NIR node is {what}, a time-stepped neuron; without a time axis neurodeploy reads only SFA IF "
+            "neurons", layer=name,
+            fix="import it as a time-stepped SNN: from_nir(path, timesteps=T) (CLI: --timesteps T)")
     if tname in _LEAKY:
         tau = getattr(nn, "tau", getattr(nn, "tau_mem", None))
         raise UnsupportedOpError(
@@ -563,12 +572,87 @@ def _node_from_nir(name: str, nn, meta: dict, in_shape: tuple | None, default_ma
                                  "AvgPool2d, Scale, Flatten, IF")
 
 
-def from_nir(obj_or_path, *, default_max_spikes: int = 1) -> ir.Graph:
+NIR_CONVENTIONS = ("auto", "snntorch", "sinabs")
+SNNTORCH_DT = 1e-4  # snntorch/export_nir.py and import_nir.py: dt = 1e-4
+
+
+def _nir_convention(ng, convention: str) -> str:
+    """Which writer's discretisation a file follows. snnTorch's export_to_nir writes LIF with
+    tau = dt/(1 - beta) and r = tau/dt (dt = 1e-4); sinabs.to_nir writes tau in timesteps and r = 1."""
+    if convention not in NIR_CONVENTIONS:
+        raise NeurodeployError(f"unknown NIR convention {convention!r}", fix=f"use one of {', '.join(NIR_CONVENTIONS)}")
+    if convention != "auto":
+        return convention
+    nir = _nir()
+    lifs = [n for n in ng.nodes.values() if isinstance(n, nir.LIF)]
+    if lifs and all(np.allclose(_np(n.r), _np(n.tau) / SNNTORCH_DT, rtol=1e-5)
+                    or np.all(np.isinf(_np(n.tau))) for n in lifs):
+        return "snntorch"
+    return "sinabs"
+
+
+def _drop_time_from_input_shapes(ng, edges, g: ir.Graph, T: int) -> None:
+    """sinabs.to_nir writes the Input's shape with the time axis ((T, F) for a [N, T, F] sample)
+    while its consumers declare (F,): the per-sample shape is the consumers' one."""
+    for n in g.input_names():
+        shape = tuple(g.nodes[n].input_shape)
+        consumers = [b for a, b in edges if a == n]
+        declared = [tuple(_ints(next(iter(ng.nodes[c].input_type.values()), ())))
+                    for c in consumers if getattr(ng.nodes[c], "input_type", None)]
+        if len(shape) >= 2 and shape[0] == T and declared and all(d == shape[1:] for d in declared):
+            g.nodes[n].input_shape = shape[1:]
+
+
+def _lif_param(a) -> float | np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    return float(a.reshape(-1)[0]) if a.size and np.all(a == a.reshape(-1)[0]) else a
+
+
+def _lif_from_nir(name: str, nn, source: str, convention: str) -> ir.LIFNeuron:
+    """A NIR IF / LIF as the time-stepped neuron the writer's framework runs (see from_nir)."""
+    tname = type(nn).__name__
+    if tname == "CubaLIF":
+        raise UnsupportedOpError("NIR CubaLIF (synaptic current + membrane, snnTorch Synaptic) is not supported",
+                                 layer=name, fix="nearest supported form: LIF (snnTorch Leaky, sinabs LIF)")
+    theta = _uniform(nn.v_threshold, "v_threshold", name)
+    if tname == "LIF" and np.any(_np(nn.v_leak) != 0):
+        raise UnsupportedOpError("NIR LIF with v_leak != 0", layer=name, fix="nearest supported form: v_leak = 0")
+    meta = {"nir_convention": convention, "nir_type": tname}
+    if convention == "sinabs":  # sinabs.from_nir: IAFSqueeze(min_v_mem=-θ) / LIFSqueeze(norm_input=False)
+        if tname == "IF":
+            return ir.LIFNeuron(beta=1.0, gain=1.0, threshold=theta, reset="subtract", firing="multi",
+                                v_min=-theta, source=source, meta=meta)
+        return ir.LIFNeuron(beta=_lif_param(np.exp(-1.0 / _np(nn.tau))), gain=1.0, threshold=theta,
+                            reset="subtract", firing="multi", source=source, meta=meta)
+    if tname == "IF":
+        beta, gain = 1.0, _lif_param(_np(nn.r))
+    else:  # snnTorch: beta = 1 - dt/tau, input scale r*dt/tau (tau = inf: beta = 1, the IF limit)
+        tau, r = _np(nn.tau), _np(nn.r)
+        inf = np.isinf(tau)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            beta = np.where(inf, 1.0, 1.0 - SNNTORCH_DT / tau)
+            gain = np.where(inf, 1.0, r * SNNTORCH_DT / tau)
+        if np.asarray(nn.tau).dtype == np.float32:  # the writer's float32 beta, recovered exactly
+            beta, gain = beta.astype(np.float32), gain.astype(np.float32)
+        beta, gain = _lif_param(beta), _lif_param(gain)
+    return ir.LIFNeuron(beta=beta, gain=gain, threshold=theta, reset="subtract", firing="strict",
+                        reset_timing="next_step", source=source, meta=meta)
+
+
+def from_nir(obj_or_path, *, default_max_spikes: int = 1, timesteps: int | None = None,
+             convention: str = "auto") -> ir.Graph:
     """Import a NIR graph (``nir.NIRGraph`` or a file path) as an IR graph.
 
     Files written by :func:`write_nir` round-trip exactly. For foreign files see the module
     docstring: ``nir.IF`` is read as a subtractive-reset IF neuron with
     D = ``default_max_spikes`` (with a warning), leaky neurons are refused.
+
+    ``timesteps=T`` reads the file as a *time-stepped* SNN (graph time axis T): ``IF`` / ``LIF``
+    become :class:`ir.LIFNeuron` as the writer's framework runs them (NIR states neither reset by
+    subtraction nor the time step): ``convention='sinabs'`` (``sinabs.from_nir``: MultiSpike,
+    subtractive reset, alpha = exp(-1/tau), IF with min_v_mem = -θ), ``'snntorch'`` (Leaky:
+    beta = 1 - dt/tau, dt = 1e-4, input scale r·dt/tau, strict firing, subtraction one step
+    later; tau = inf is beta = 1), ``'auto'``: snnTorch when every LIF has r = tau/1e-4.
     """
     nir = _nir()
     if isinstance(obj_or_path, (str, os.PathLike)):
@@ -588,6 +672,7 @@ def from_nir(obj_or_path, *, default_max_spikes: int = 1) -> ir.Graph:
     names = list(ng.nodes)
     edges = [(_as_str(a), _as_str(b)) for a, b in ng.edges]
     metas = {n: dict(getattr(ng.nodes[n], "metadata", None) or {}) for n in names}
+    convention = None if timesteps is None else _nir_convention(ng, convention)
 
     # Drop our IFNorm scales: the neuron's metadata already has `norm`.
     for n in list(names):
@@ -622,7 +707,7 @@ def from_nir(obj_or_path, *, default_max_spikes: int = 1) -> ir.Graph:
             shapes[add_name] = shapes.get(srcs[0])
             srcs = [add_name]
         in_shape = shapes.get(srcs[0]) if srcs else None
-        node = _node_from_nir(n, nn, meta, in_shape, default_max_spikes, foreign_if)
+        node = _node_from_nir(n, nn, meta, in_shape, default_max_spikes, foreign_if, convention)
         if "meta_json" in meta:
             try:
                 node.meta = json.loads(_m_str(meta, "meta_json"))
@@ -649,6 +734,9 @@ def from_nir(obj_or_path, *, default_max_spikes: int = 1) -> ir.Graph:
         g.metadata = json.loads(gm)
     else:
         g.metadata = {"imported_from": "nir"}
+    if timesteps is not None:
+        g.metadata["timesteps"] = int(timesteps)
+        _drop_time_from_input_shapes(ng, edges, g, int(timesteps))
 
     if foreign_if:
         warnings.warn(

@@ -225,3 +225,76 @@ def test_static_and_event_input_and_mixed_graph():
     assert torch.equal(static["lif"], event["lif"]) and torch.equal(static["sfa"], event["lif"])
     with pytest.raises(NeurodeployError, match="has 2 timesteps, the graph 3"):
         ops.evaluate(g, torch.zeros(1, 2, 2))
+
+
+# -- NIR: what snnTorch's export_to_nir and sinabs.to_nir write ------------------------------------
+
+def test_nir_from_snntorch_export_matches_the_model_per_step():
+    import warnings
+
+    from snntorch.export_nir import export_to_nir
+
+    from neurodeploy.nir_io import from_nir
+
+    torch.manual_seed(6)
+    net = nn.Sequential(  # nir 1.0.8 needs per-neuron beta/threshold tensors (REFERENCE §6)
+        nn.Linear(10, 24), snn.Leaky(beta=torch.full((24,), 0.85), threshold=torch.ones(24), init_hidden=True),
+        nn.Linear(24, 5), snn.Leaky(beta=torch.ones(5), threshold=torch.ones(5), init_hidden=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ng = export_to_nir(net, torch.rand(1, 10), ignore_dims=[0])
+    with pytest.raises(NeurodeployError, match=r"(?s)layer '1': NIR node is a leaky LIF.*timesteps=T"):
+        from_nir(ng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if_only = export_to_nir(nn.Sequential(nn.Linear(3, 2), snn.Leaky(beta=torch.ones(2), threshold=torch.ones(2),
+                                                                         init_hidden=True)), torch.rand(1, 3),
+                                ignore_dims=[0])
+    with pytest.raises(NeurodeployError, match=r"(?s)non-leaky \(tau = inf\) LIF.*timesteps=T"):
+        from_nir(if_only)
+    g = from_nir(ng, timesteps=T)
+    lifs = [g.nodes[n] for n in g.of_type(ir.LIFNeuron)]
+    assert lifs[0].beta == np.float32(0.85) and lifs[0].leaky and not lifs[1].leaky  # beta=1: tau = inf, an IF
+
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return torch.stack([self.net(x) for _ in range(T)])
+
+    x = torch.rand(12, 10) * 1.5
+    reference = from_timestepped(Loop(), x, T)
+    ref = model_spike_trains(Loop(), reference, x)
+    ours = simulate(g, x.double()).trains
+    for (ours_name, theirs_name) in zip(g.of_type(ir.LIFNeuron), reference.of_type(ir.LIFNeuron)):
+        assert np.array_equal(ours[ours_name], ref[theirs_name]), ours_name
+    assert sum(int(t.sum()) for t in ours.values()) > 0
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_nir_from_sinabs_to_nir_matches_sinabs_from_nir_per_step():
+    import sinabs
+
+    from neurodeploy.nir_io import from_nir
+
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Linear(12, 20), sinabs_layers.IAF(), nn.Linear(20, 6), sinabs_layers.LIF(tau_mem=5.0))
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(4.0)
+    N = 4
+    x = torch.rand(N, T, 12) * 2
+    net(x)  # sinabs.to_nir reads the state shapes
+    ng = sinabs.to_nir(net, torch.rand(N, T, 12))
+    g = from_nir(ng, timesteps=T, convention="auto")
+    assert {g.nodes[n].meta["nir_convention"] for n in g.of_type(ir.LIFNeuron)} == {"sinabs"}
+    rebuilt = sinabs.from_nir(ng, batch_size=N, num_timesteps=T)
+    with torch.no_grad():
+        out = rebuilt(x.reshape(N * T, 12))
+        out = out[0] if isinstance(out, tuple) else out  # nirtorch executors return (output, state)
+        theirs = out.reshape(N, T, 6).double().numpy()
+    ours = simulate(g, x.double()).trains[g.of_type(ir.LIFNeuron)[-1]]
+    assert ours.sum() > 0 and np.array_equal(ours, theirs)

@@ -63,6 +63,8 @@ def is_neuron_module(m: nn.Module) -> bool:
 
 def _scalar(v, what: str, path: str) -> float:
     a = np.asarray(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v, dtype=np.float64)
+    if a.size > 1 and np.all(a == a.reshape(-1)[0]):
+        a = a.reshape(-1)[:1]  # per-neuron tensor of one value (snnTorch's NIR export needs that form)
     if a.size != 1:
         raise UnsupportedOpError(f"{what} is per neuron ({a.size} values); only a single value is supported",
                                  layer=path, fix=f"use one {what} per layer")
