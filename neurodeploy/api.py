@@ -101,7 +101,9 @@ def _data_shape(data, load_options: dict) -> tuple | None:
     """Per-sample shape of the ``data`` file's inputs, when the model may need it as its input shape."""
     if not data or load_options.get("input_shape") is not None:
         return None
-    return tuple(load_data(data, 1).x.shape[1:])
+    from .datasets import open_source
+
+    return tuple(open_source(data).shards(1, 1)[0].read().x.shape[1:])
 
 
 def calibration_inputs(calibration, dataset: Dataset | None, input_shape=None) -> tuple[Any, str]:
@@ -147,7 +149,8 @@ class CompileResult:
 def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data: str | Path | None = None,
             calibration: str | Path | None = None, verify: bool = False, profile: bool = True,
             limit: int | None = None, emit: tuple[str, ...] = (), target_options: dict | None = None,
-            energy: dict | None = None, force: bool = False, **load_options) -> CompileResult:
+            energy: dict | None = None, force: bool = False, calibration_record: str | Path | None = None,
+            **load_options) -> CompileResult:
     """Compile ``model`` for ``target`` into ``out_dir`` (atomically).
 
     ``out_dir`` is replaced only when every step, verification included, succeeded, and only if it
@@ -157,7 +160,9 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
 
     ``data``: an ``.npz`` with ``x`` (and ``y``) used for profiling and, with ``verify=True``, for
     spike-count verification. ``calibration``: an ``.npz`` with ``x`` used by targets that choose
-    quantisation scales from data. ``emit``: extra artefacts (``'routing'``).
+    quantisation scales from data; for targets with a calibration stage (loihi) it also runs the
+    layer-wise search (:mod:`neurodeploy.calibration`). ``calibration_record``: a record written by
+    :func:`calibrate` whose parameters are used instead of searching. ``emit``: extra artefacts (``'routing'``).
     """
     from .nir_io import write_nir
     from .ir_io import save_graph
@@ -173,6 +178,8 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
     calib, calib_note = calibration_inputs(calibration, dataset, shape)
     _check(tgt, prepared.canonical, calib, None if dataset is None else dataset.x)
     quantized = tgt.quantize(prepared.canonical, calibration=calib, **target_options)
+    quantized = _calibration_stage(target, prepared.canonical, quantized, calibration, calib,
+                                   calibration_record, target_options)
     mapping = tgt.map(quantized, **target_options)
 
     result = CompileResult(Path(out_dir), {}, {}, quantized, calibration_note=calib_note)
@@ -204,6 +211,38 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
         names = sorted([*result.manifest["artefacts"], "manifest.json"])
         result.artifacts = {name: str(Path(out_dir) / name) for name in names}
     return result
+
+
+def _calibration_stage(target: str, canonical, quantized, calibration, calib, record, target_options):
+    """The target's calibration stage (only on an explicit --calibration file or a record)."""
+    from .targets import calibrate as stage
+
+    if record:
+        return stage.from_record(target, canonical, record, target_options)
+    if calibration and calib is not None and stage.supports(target):
+        return stage.run(target, canonical, calib, data_path=calibration, target_options=target_options)[0]
+    return quantized
+
+
+def calibrate(model: str | Path, *, target: str, calibration: str | Path, out: str | Path,
+              target_options: dict | None = None, **load_options) -> dict:
+    """Search the target's calibration on ``calibration`` (an ``.npz`` with ``x``) and write the
+    record to ``out`` (atomically); returns the record."""
+    from .targets import calibrate as stage
+    from .targets import get_target
+
+    if not stage.supports(target):
+        raise NeurodeployError(f"target '{target}' has no calibration stage",
+                               fix=f"use one of: {', '.join(stage.CALIBRATED_TARGETS)}")
+    check_output_file = Path(out)
+    if check_output_file.resolve() in {Path(p).resolve() for p in (model, calibration)}:
+        raise NeurodeployError(f"-o {out} would overwrite an input file", fix="choose another output path")
+    prepared = prepare(model, **load_options)
+    x = load_data(calibration, input_shape=prepared.options["input_shape"]).x
+    _check(get_target(target), prepared.canonical, x)
+    _, record = stage.run(target, prepared.canonical, x, data_path=calibration, target_options=target_options)
+    write_json(out, record)
+    return record
 
 
 def _input_files(model, arch, data, calibration) -> list[tuple[str, Any]]:
@@ -367,32 +406,46 @@ def _lava_text(lava: dict) -> str:
 
 def verify(model: str | Path, *, data: str | Path, target: str = "sim", limit: int | None = None,
            schedules: tuple[str, ...] | None = None, target_options: dict | None = None,
-           calibration: str | Path | None = None, runtime: str = "sim", **load_options):
-    """Load, convert and quantise ``model`` for ``target``, then verify spike counts on ``data``."""
+           calibration: str | Path | None = None, runtime: str = "sim", batch_size: int | None = None,
+           runner=None, **load_options):
+    """Load, convert and quantise ``model`` for ``target``, then verify spike counts on ``data``
+    (an .npz, .npy, folder / glob of .npz shards or image folder: see :mod:`neurodeploy.datasets`),
+    batch by batch (``batch_size``), on Ray workers when ``runner`` (a ``distributed.Runner``) says so."""
+    from .datasets import DEFAULT_BATCH, open_source
+    from .streaming import calibration_head, stream_verify
     from .targets import get_target
 
     prepared = prepare(model, **load_options, data_shape=_data_shape(data, load_options))
     tgt = get_target(target)
     shape = prepared.options["input_shape"]
-    dataset = load_data(data, limit, input_shape=shape)
-    calib, calib_note = calibration_inputs(calibration, dataset, shape)
-    _check(tgt, prepared.canonical, calib, dataset.x)
+    source = open_source(data, image_size=int(shape[-1]) if shape and len(shape) == 3 else 224)
+    head, partial = calibration_head(source, shape, limit)
+    calib, calib_note = calibration_inputs(calibration, head, shape)
+    calib_note += "" if calibration else partial
+    _check(tgt, prepared.canonical, calib, head.x)
     quantized = tgt.quantize(prepared.canonical, calibration=calib, **(target_options or {}))
-    return verify_prepared(prepared, quantized, dataset, target=target, schedules=schedules, runtime=runtime,
-                           calibration_note=calib_note)
+    return stream_verify(prepared, quantized, source, limit=limit, batch_size=batch_size or DEFAULT_BATCH,
+                         runner=runner, target=target, schedules=schedules, runtime=runtime,
+                         calibration_note=calib_note)
 
 
 def profile(model: str | Path, *, data: str | Path, target: str = "sim", limit: int | None = None,
-            energy: dict | None = None, calibration: str | Path | None = None, **load_options):
+            energy: dict | None = None, calibration: str | Path | None = None, batch_size: int | None = None,
+            runner=None, **load_options):
     """Per-layer SynOps / MACs / firing rates / energy of ``model`` on ``data`` (quantised with scales
-    from ``calibration``, else from ``data``, as ``compile`` does)."""
+    from ``calibration``, else from ``data``, as ``compile`` does), batch by batch as :func:`verify`."""
+    from .datasets import DEFAULT_BATCH, open_source
+    from .streaming import calibration_head, stream_profile
     from .targets import get_target
 
     prepared = prepare(model, **load_options, data_shape=_data_shape(data, load_options))
-    dataset = load_data(data, limit, input_shape=prepared.options["input_shape"])
-    calib, _ = calibration_inputs(calibration, dataset, prepared.options["input_shape"])
+    shape = prepared.options["input_shape"]
+    source = open_source(data, image_size=int(shape[-1]) if shape and len(shape) == 3 else 224)
+    head, _ = calibration_head(source, shape, limit)
+    calib, _ = calibration_inputs(calibration, head, shape)
     quantized = get_target(target).quantize(prepared.canonical, calibration=calib)
-    return run_profile(quantized, dataset.x, energy=energy)
+    return stream_profile(quantized, source, input_shape=shape, energy=energy, limit=limit,
+                          batch_size=batch_size or DEFAULT_BATCH, runner=runner)
 
 
 def speck_barrier_cost_text(host_program_path) -> str:

@@ -281,7 +281,10 @@ def _speck_bias_options(target: str, kw: dict) -> dict:
               help=".npz with x (and y): profile and verify on these inputs.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
               help=".npz with x: lets the target choose quantisation scales from data (default: --data "
-              "doubles as calibration).")
+              "doubles as calibration); for loihi it also runs the layer-wise calibration search.")
+@click.option("--calibration-record", type=click.Path(exists=True, dir_okay=False),
+              help="JSON written by 'neurodeploy calibrate': use its parameters instead of searching (refused "
+              "for another model or target).")
 @click.option("--verify/--no-verify", default=False, help="Also verify spike counts on --data (exit 1 if the "
               "program differs from the integer reference, or from the model where precision does not "
               "explain it).")
@@ -293,8 +296,8 @@ def _speck_bias_options(target: str, kw: dict) -> dict:
 @speck_barrier_options
 @click.option("--e-mac", default=4.6, **ENERGY, help="Energy per MAC (pJ, finite >= 0).")
 @click.option("--e-ac", default=0.9, **ENERGY, help="Energy per synaptic AC (pJ, finite >= 0).")
-def compile_cmd(target, out_dir, force, data, calibration, verify, profile, limit, emit, core_map, e_mac, e_ac,
-                **kw):
+def compile_cmd(target, out_dir, force, data, calibration, calibration_record, verify, profile, limit, emit,
+                core_map, e_mac, e_ac, **kw):
     """Compile MODEL for a target into OUT: IR, NIR, target artefacts, profile, manifest.json."""
     from . import api
 
@@ -306,7 +309,7 @@ def compile_cmd(target, out_dir, force, data, calibration, verify, profile, limi
     res = api.compile(kw.pop("model"), target=target, out_dir=out_dir, data=data, calibration=calibration,
                       verify=verify, profile=profile, limit=limit, emit=tuple(emit),
                       target_options=target_options, energy=_energy(e_mac, e_ac), force=force,
-                      **_load_options(kw))
+                      calibration_record=calibration_record, **_load_options(kw))
     where = f"into {res.out_dir}/" if res.written else "(nothing written: verification failed)"
     click.echo(f"compiled for '{target}' {where} (quantisation scales from {res.calibration_note})")
     for name in sorted(res.artifacts):
@@ -326,9 +329,55 @@ def compile_cmd(target, out_dir, force, data, calibration, verify, profile, limi
             sys.exit(1)
 
 
+@main.command("calibrate")
+@model_options
+@click.option("--target", "-t", type=click.Choice(["loihi"]), required=True)
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False), required=True,
+              help=".npz with x: the calibration inputs (keep the data you verify on apart).")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+              help="Calibration record (JSON) for 'compile --calibration-record'.")
+def calibrate_cmd(target, calibration, out, **kw):
+    """Search quantised parameters that keep MODEL's spike counts on --calibration; write a record."""
+    from . import api
+
+    rec = api.calibrate(kw.pop("model"), target=target, calibration=calibration, out=out, **_load_options(kw))
+    click.echo(f"calibration record for '{target}' written to {out} ({rec['data_samples']} samples)")
+    click.echo(f"  {'layer':<28} {'counts equal on calibration data: before -> after':>50}  choice")
+    for lr in rec["layers"]:
+        b, a = lr["calibration_agreement"]
+        click.echo(f"  {lr['neuron']:<28} {100 * b:>40.2f}% -> {100 * a:.2f}%  {lr['choice']}")
+
+
+DATA_HELP = (".npz with x (and y); or a folder / glob of .npz shards, a memory-mapped .npy, or an image "
+             "folder (ImageNet eval transform), read batch by batch.")
+
+
+def dataset_options(f):
+    """Streaming and Ray options of verify / profile."""
+    f = click.option("--resume", is_flag=True, help="Skip shards whose result is already in --out.")(f)
+    f = click.option("--out", "shard_out", type=click.Path(file_okay=False),
+                     help="Folder for per-shard results (cached by content hash; see --resume).")(f)
+    f = click.option("--ray-address", help="Join this Ray cluster (e.g. 127.0.0.1:6379 or auto).")(f)
+    f = click.option("--workers", type=click.IntRange(min=1),
+                     help="Run shards on a local Ray runtime with N workers (extra: neurodeploy[ray]).")(f)
+    f = click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+                     help="Samples per batch (one shard of work); memory grows with it, not with N.")(f)
+    return f
+
+
+def _dataset_options(kw: dict):
+    from .distributed import Runner, import_ray
+
+    runner = Runner(workers=kw.pop("workers"), address=kw.pop("ray_address"), cache_dir=kw.pop("shard_out"),
+                    resume=kw.pop("resume"), progress=True)
+    if runner.uses_ray:
+        import_ray()  # says which extra to install, before any work
+    return kw.pop("batch_size"), runner
+
+
 @main.command("verify")
 @model_options
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help=".npz with x (and y).")
+@click.option("--data", required=True, help=DATA_HELP)
 @click.option("--target", "-t", type=click.Choice(TARGET_NAMES), default="sim", show_default=True)
 @click.option("--schedule", "schedules", multiple=True, type=click.Choice(["sync", "streaming", "speck"]),
               help="Schedules to simulate (default per target: sim: sync+streaming; speck: sync+speck; "
@@ -341,6 +390,7 @@ def compile_cmd(target, out_dir, force, data, calibration, verify, profile, limi
 @speck_bias_options
 @speck_barrier_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@dataset_options
 def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, **kw):
     """Compare the model's own PyTorch forward with the simulation, layer by layer.
 
@@ -360,9 +410,10 @@ def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, **
 
     target_options = _speck_bias_options(target, kw)
     target_options.update(_speck_barrier_options(target, kw))
+    batch_size, runner = _dataset_options(kw)
     report = api.verify(kw.pop("model"), data=data, target=target, limit=limit, schedules=tuple(schedules) or None,
                         calibration=calibration, runtime=runtime, target_options=target_options,
-                        **_load_options(kw))
+                        batch_size=batch_size, runner=runner, **_load_options(kw))
     click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True) if as_json else report.format_table())
     if not report.ok():
         sys.exit(1)
@@ -370,7 +421,7 @@ def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, **
 
 @main.command("profile")
 @model_options
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help=".npz with x.")
+@click.option("--data", required=True, help=DATA_HELP)
 @click.option("--target", "-t", type=click.Choice(TARGET_NAMES), default="sim", show_default=True)
 @click.option("--limit", type=LIMIT)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
@@ -379,12 +430,14 @@ def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, **
 @click.option("--e-ac", default=0.9, **ENERGY, help="Energy per synaptic AC (pJ, finite >= 0).")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
               help=".npz with x: quantisation scales from these inputs (default: from --data), as compile.")
+@dataset_options
 def profile_cmd(data, target, limit, fmt, plot, e_mac, e_ac, calibration, **kw):
     """Per-layer neurons, synapses, SynOps, MACs, firing rates and energy."""
     from . import api
 
+    batch_size, runner = _dataset_options(kw)
     report = api.profile(kw.pop("model"), data=data, target=target, limit=limit, energy=_energy(e_mac, e_ac),
-                         calibration=calibration, **_load_options(kw))
+                         calibration=calibration, batch_size=batch_size, runner=runner, **_load_options(kw))
     click.echo(report.format(fmt))
     if plot:
         report.plot(plot)

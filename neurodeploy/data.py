@@ -81,9 +81,10 @@ def _check_samples(ds: Dataset) -> None:
         raise NeurodeployError(f"{where}: {len(ds.x)} inputs but {len(ds.y)} labels")
 
 
-def validate_inputs(x, *, where: str = "inputs", input_shape=None) -> np.ndarray:
+def validate_inputs(x, *, where: str = "inputs", input_shape=None, first_index: int = 0) -> np.ndarray:
     """``x`` as float64 after checking: numeric and real, at least one sample, per-sample shape
-    ``input_shape`` (when given), every value finite. Errors name ``where`` and the first bad sample."""
+    ``input_shape`` (when given), every value finite. Errors name ``where`` and the first bad sample
+    (numbered from ``first_index``: a batch read from the middle of a file names the file's index)."""
     x = np.asarray(x)
     if x.dtype.kind == "c":
         raise NeurodeployError(f"{where} holds complex numbers ({x.dtype})",
@@ -100,7 +101,7 @@ def validate_inputs(x, *, where: str = "inputs", input_shape=None) -> np.ndarray
         rows = bad.any(axis=1)
         first = int(np.argmax(rows))
         kinds = "NaN" if np.isnan(x[first]).any() else "infinite"
-        raise NeurodeployError(f"{where}: sample {first} has {int(bad[first].sum())} {kinds} value(s) "
+        raise NeurodeployError(f"{where}: sample {first + first_index} has {int(bad[first].sum())} {kinds} value(s) "
                                f"({int(rows.sum())} of {len(x)} samples are not finite)",
                                fix="remove or repair those samples; every input must be a finite number")
     return x

@@ -1,0 +1,170 @@
+"""Data larger than memory: shards, memory-mapped .npy, image folders, batch-wise checks, and
+verify / profile reports that equal the in-memory run's however the data is split."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neurodeploy import api
+from neurodeploy.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_transform, open_source
+from neurodeploy.distributed import Runner
+from neurodeploy.errors import NeurodeployError
+
+MODEL = "examples/digits_sfa.pt"
+ARCH = "examples/digits_sfa.py:build_model"
+N = 24
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    d = np.load("examples/digits_test.npz")
+    x, y = d["x"][:N], d["y"][:N]
+    root = tmp_path_factory.mktemp("digits")
+    np.savez(root / "all.npz", x=x, y=y)
+    (root / "shards").mkdir()
+    for i, (a, b) in enumerate([(0, 7), (7, 15), (15, N)]):  # uneven shards
+        np.savez(root / "shards" / f"part{i:02d}.npz", x=x[a:b], y=y[a:b])
+    np.save(root / "all.npy", x)
+    return root, x, y
+
+
+def _reports(data, **kw):
+    """verify's table and JSON, profile's JSON; the calibration note's file name is left out."""
+    v = api.verify(MODEL, arch=ARCH, data=data, **kw)
+    p = api.profile(MODEL, arch=ARCH, data=data, **kw)
+    note = v.precision.calibration
+    assert note.startswith("--data ")
+    text = v.format_table() + json.dumps(v.to_dict(), sort_keys=True)
+    return text.replace(note.split(" (")[0], "--data DATA"), p.format("json")
+
+
+@pytest.fixture(scope="module")
+def in_memory(digits):
+    root, _, _ = digits
+    return _reports(str(root / "all.npz"), batch_size=N)
+
+
+def test_shards_glob_and_batches_give_the_in_memory_report(digits, in_memory):
+    root, _, _ = digits
+    assert "streaming" in in_memory[0] and f"{N} samples" in in_memory[0]
+    assert _reports(str(root / "shards"), batch_size=5) == in_memory
+
+
+def _profile(data, **kw):
+    return api.profile(MODEL, arch=ARCH, data=data, **kw).format("json")
+
+
+def test_glob_and_memory_mapped_npy_profile_as_in_memory(digits, in_memory):
+    root, _, _ = digits
+    assert _profile(str(root / "shards" / "part*.npz")) == in_memory[1]
+    assert _profile(str(root / "all.npy"), batch_size=10) == in_memory[1]
+
+
+def test_shards_of_a_source_and_limit(digits):
+    root, _, _ = digits
+    src = open_source(root / "shards")
+    assert src.n_samples == N
+    shards = src.shards(5, limit=20)
+    assert [(s.start, s.stop, s.offset) for s in shards] == [(0, 5, 0), (5, 7, 5), (0, 5, 7), (5, 8, 12),
+                                                            (0, 5, 15)]
+    assert sum(len(s) for s in shards) == 20
+
+
+def test_a_bad_sample_in_a_later_shard_names_file_and_index(digits, tmp_path):
+    root, x, _ = digits
+    bad = x[:10].copy()
+    bad[8, 0, 3, 3] = np.nan
+    np.savez(tmp_path / "a.npz", x=x[:10])
+    np.savez(tmp_path / "b.npz", x=bad)
+    src = open_source(tmp_path)
+    with pytest.raises(NeurodeployError, match=r"b\.npz, array 'x': sample 8 has 1 NaN"):
+        list(src.batches(4))
+    np.savez(tmp_path / "b.npz", x=x[:10, :, :4])
+    with pytest.raises(NeurodeployError, match=r"b\.npz.*per-sample shape \(1, 4, 8\)"):
+        list(open_source(tmp_path).batches(4, input_shape=(1, 8, 8)))
+
+
+def test_missing_data_and_empty_glob(tmp_path):
+    with pytest.raises(NeurodeployError, match="does not exist"):
+        open_source(tmp_path / "nope.npz")
+    with pytest.raises(NeurodeployError, match="matches no .npz"):
+        open_source(str(tmp_path / "x*.npz"))
+    with pytest.raises(NeurodeployError, match="no .npz shards and no images"):
+        open_source(tmp_path)
+
+
+def test_eval_transform_crop_and_normalise_by_hand():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(8, 6, 3), dtype=np.uint8)  # H=8, W=6: shorter side 6 = resize
+    out = eval_transform(Image.fromarray(pixels), size=4, resize=6)
+    # centre crop of 4x4 from 8x6: top = round(4/2) = 2, left = round(2/2) = 1
+    crop = pixels[2:6, 1:5].astype(np.float64) / 255.0
+    want = (crop - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    assert out.shape == (3, 4, 4) and out.dtype == np.float32
+    np.testing.assert_allclose(out, want.transpose(2, 0, 1), rtol=1e-6, atol=1e-6)
+
+
+def test_eval_transform_resizes_the_shorter_side():
+    grey = Image.new("RGB", (300, 200), (128, 64, 32))  # W=300, H=200 -> 384x256 -> crop 224
+    out = eval_transform(grey)
+    assert out.shape == (3, 224, 224)
+    want = (np.array([128, 64, 32]) / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(out[:, 100, 100], want, rtol=1e-5)  # a flat image stays flat
+    gray_l = eval_transform(Image.new("L", (10, 12), 200), size=8, resize=8)  # greyscale -> RGB
+    assert gray_l.shape == (3, 8, 8)
+
+
+def test_image_folder_with_classes(tmp_path):
+    rng = np.random.default_rng(1)
+    for label, name in enumerate(["cat", "dog"]):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    src = open_source(tmp_path, image_size=8)
+    assert src.n_samples == 6
+    batches = list(src.batches(4))
+    assert [len(b.x) for _, b in batches] == [4, 2]
+    assert list(np.concatenate([b.y for _, b in batches])) == [0, 0, 0, 1, 1, 1]
+    first = eval_transform(Image.open(tmp_path / "cat" / "0.png"), size=8)
+    np.testing.assert_array_equal(batches[0][1].x[0], first.astype(np.float64))
+    (tmp_path / "cat" / "3.png").write_bytes(b"broken")
+    with pytest.raises(NeurodeployError, match=r"cannot decode image .*3\.png"):
+        list(open_source(tmp_path, image_size=8).batches(4))
+
+
+def test_resume_skips_shards_already_done(digits, tmp_path, monkeypatch):
+    import neurodeploy.streaming as streaming
+
+    root, _, _ = digits
+    runner = Runner(cache_dir=tmp_path / "out")
+    first = api.profile(MODEL, arch=ARCH, data=str(root / "shards"), batch_size=10, runner=runner)
+    assert len(list((tmp_path / "out" / "shards").glob("*.json"))) == 3
+    monkeypatch.setattr(streaming, "_profile_task", lambda *a: pytest.fail("a cached shard was recomputed"))
+    again = api.profile(MODEL, arch=ARCH, data=str(root / "shards"), batch_size=10,
+                        runner=Runner(cache_dir=tmp_path / "out", resume=True))
+    assert again.format("json") == first.format("json")
+
+
+def test_workers_without_ray_name_the_extra(monkeypatch):
+    from neurodeploy.distributed import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(NeurodeployError, match=r"neurodeploy\[ray\]"):
+        import_ray()
+
+
+def test_cli_profile_streams_a_shard_folder(digits):
+    from click.testing import CliRunner
+
+    from neurodeploy.cli import main
+
+    root, _, _ = digits
+    args = ["profile", MODEL, "--arch", ARCH, "--format", "json"]
+    one = CliRunner().invoke(main, args + ["--data", str(root / "all.npz")])
+    shards = CliRunner().invoke(main, args + ["--data", str(root / "shards"), "--batch-size", "8"])
+    assert one.exit_code == 0 and shards.exit_code == 0, shards.output
+    assert json.loads(one.stdout) == json.loads(shards.stdout)
