@@ -557,7 +557,7 @@ def _node_from_nir(name: str, nn, meta: dict, in_shape: tuple | None, default_ma
         raise UnsupportedOpError(
             f"NIR node is {what}, a time-stepped neuron; without a time axis neurodeploy reads only SFA IF "
             "neurons", layer=name,
-            fix="import it as a time-stepped SNN: from_nir(path, timesteps=T) (CLI: --timesteps T)")
+            fix="import it as a time-stepped SNN in Python: neurodeploy.nir_io.from_nir(path, timesteps=T)")
     if tname in _LEAKY:
         tau = getattr(nn, "tau", getattr(nn, "tau_mem", None))
         raise UnsupportedOpError(

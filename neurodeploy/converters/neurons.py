@@ -242,17 +242,14 @@ class _Recorder:
             h.remove()
 
 
-def _strip(shape, lead: int) -> tuple:
-    """Per-sample part of ``shape``: drop the shortest prefix whose product is ``lead``."""
-    p = 1
-    for k, s in enumerate(shape):
-        if p == lead:
-            return tuple(shape[k:])
-        p *= s
-    if p == lead:
-        return ()
-    raise NeurodeployError(f"cannot find the batch/time dimensions in a tensor of shape {tuple(shape)}",
-                           fix="feed the example input in the layout the model's forward expects")
+def _strip(shape, lead: tuple) -> tuple:
+    """Per-sample part of ``shape``: drop the leading batch/time dims ``lead`` ((N,), (T, N),
+    (N, T) or (N·T,)), which must be there."""
+    if tuple(shape[:len(lead)]) != tuple(lead):
+        raise NeurodeployError(f"a tensor of shape {tuple(shape)} does not start with the batch/time dims "
+                               f"{tuple(lead)} of the example input",
+                               fix="pass input_layout matching how the model's forward takes its input")
+    return tuple(shape[len(lead):])
 
 
 def run_model(model: nn.Module, model_input: torch.Tensor):
@@ -290,7 +287,7 @@ def from_timestepped(model: nn.Module, model_input: torch.Tensor, timesteps: int
                                  + ", ".join(f"{p} ({m})" for p, m in modes.items()), layer=order[0],
                                  fix="call every layer inside the loop over timesteps, or every layer multi-step")
     mode = modes[order[0]]
-    lead = N if mode == "step" else N * T
+    lead = (N,) if mode == "step" else {"TN": (T, N), "NT": (N, T), "N*T": (N * T,), "static": (N,)}[input_layout]
     g = ir.Graph(metadata={"timesteps": T, "model_input_layout": input_layout, "step_mode": mode})
     x0 = rec.first[order[0]][0]
     g.add("input", ir.Input(input_shape=_strip(x0.shape, lead), source="input"))
