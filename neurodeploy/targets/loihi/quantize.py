@@ -168,8 +168,11 @@ def dense_synapse(stored: np.ndarray, weight_exp: int, s) -> "np.ndarray":
 # -- quantisation of a canonical graph ------------------------------------------------------------
 
 def quantize(graph: ir.Graph, calibration=None, *, input_bits: int = 8,
-             input_range: float | None = None, guard_state: bool = True) -> ir.Graph:
-    """Quantised copy of a canonical graph for Loihi 2 (see the module docstring)."""
+             input_range: float | None = None, guard_state: bool = True,
+             input_scale: float | None = None) -> ir.Graph:
+    """Quantised copy of a canonical graph for Loihi 2 (see the module docstring). ``input_scale``:
+    use this input scale instead of ``qmax / range`` (calibration picks one that keeps dyadic inputs
+    exact); it must keep the calibration range within the input bits."""
     from .program import _chain, lower
 
     g = graph.copy()
@@ -188,6 +191,11 @@ def quantize(graph: ir.Graph, calibration=None, *, input_bits: int = 8,
             amax, signed = float(input_range or 1.0), True
         qmax = 2 ** (input_bits - 1) - 1 if signed else 2 ** input_bits - 1
         s_in = qmax / amax
+        if input_scale is not None:
+            if not 0 < input_scale * amax <= qmax + 0.5:
+                raise NeurodeployError(f"input scale {input_scale:g} maps the input range {amax:g} outside "
+                                       f"{input_bits}-bit integers", fix=f"use a scale <= {qmax / amax:g}")
+            s_in = float(input_scale)
         inp.scale_q = s_in
         max_in = qmax
         report["input"] = {"scale_q": s_in, "signed": signed, "range": amax, "max_int": qmax}

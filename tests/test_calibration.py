@@ -1,0 +1,189 @@
+"""Calibration stage (issue 11): adaptive rounding, layer-wise search, Loihi rules, records, CLI.
+
+Small nets and data; every calibrated graph is checked against an independent integer forward of
+its own parameters (numpy, written here), and on held-out inputs the calibrated counts must agree
+with the float model at least as often as the uncalibrated ones."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from neurodeploy import ir, ops
+from neurodeploy.calibration.layerwise import weight_neuron_pairs
+from neurodeploy.calibration.record import check_record, make_record
+from neurodeploy.calibration.rounding import RoundingProblem, boundary_weights
+from neurodeploy.cli import main
+from neurodeploy.errors import NeurodeployError
+from neurodeploy.targets import calibrate as stage
+from neurodeploy.targets.loihi import calibrate as loihi_cal
+from neurodeploy.targets.loihi.quantize import quantize
+from neurodeploy.targets.loihi.testnets import strided_net
+
+EX = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples"
+
+
+def dense_net(seed: int = 0, n_in: int = 24) -> ir.Graph:
+    rng = np.random.default_rng(seed)
+    g = ir.Graph()
+    g.add("input", ir.Input(input_shape=(n_in,)))
+    g.add("fc1", ir.Linear(weight=rng.normal(0, 0.4, (32, n_in)), bias=rng.normal(0.2, 0.2, 32)), "input")
+    g.add("if1", ir.IFNeuron(threshold=1.0, max_spikes=4), "fc1")
+    g.add("fc2", ir.Linear(weight=rng.normal(0, 0.3, (16, 32)), bias=rng.normal(0.3, 0.2, 16)), "if1")
+    g.add("if2", ir.IFNeuron(threshold=1.0, max_spikes=4, rounding="half_even"), "fc2")
+    g.add("fc3", ir.Linear(weight=rng.normal(0, 0.3, (10, 16)), bias=rng.normal(0.5, 0.2, 10)), "if2")
+    g.add("if3", ir.IFNeuron(threshold=1.5, v_init=0.75, max_spikes=4), "fc3")
+    g.add("output", ir.Output(), "if3")
+    return ir.infer_shapes(g)
+
+
+def inputs(n: int, shape, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 17, (n, *shape)) / 16.0   # dyadic, like the digits
+
+
+def numpy_dense_counts(g: ir.Graph, x: np.ndarray) -> np.ndarray:
+    """Independent integer forward of a quantised dense chain (numpy int64, no ops.evaluate)."""
+    v = np.rint(x * g.nodes["input"].scale_q).astype(np.int64)
+    for wname, nname in (("fc1", "if1"), ("fc2", "if2"), ("fc3", "if3")):
+        node, nrn = g.nodes[wname], g.nodes[nname]
+        cur = v @ np.asarray(node.weight_q, dtype=np.int64).T + np.asarray(node.bias_q, dtype=np.int64)
+        cur = cur + int(nrn.v_init_q)
+        n = np.floor_divide(cur, int(nrn.threshold_q))
+        if nrn.rounding == "half_even":
+            n = n - ((cur % int(nrn.threshold_q) == 0) & (n % 2 == 1))
+        v = np.clip(n, 0, nrn.max_spikes)
+    return v
+
+
+def agree_last(g: ir.Graph, x) -> float:
+    ref, got = ops.evaluate(g, x, quantized=False), ops.evaluate(g, x, quantized=True)
+    last = weight_neuron_pairs(g)[-1][1]
+    return float((ref[last] == got[last]).double().mean())
+
+
+# -- adaptive rounding -----------------------------------------------------------------------------
+
+def test_adaptive_rounding_lowers_its_objective_towards_the_brute_force_optimum():
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 5, (300, 3))
+    X = torch.as_tensor(np.concatenate([base, base + rng.integers(0, 2, (300, 3)), rng.integers(0, 5, (300, 2))], 1),
+                        dtype=torch.float64)                                  # correlated columns
+    w = torch.as_tensor(rng.normal(0, 6, (4, 8)))
+    y = X @ w.T
+    prob = RoundingProblem(X, torch.ones(300, 4, dtype=torch.float64), ridge=0.0)
+    q = prob.solve(y, w, -1000, 1000)
+    assert torch.all((q == torch.floor(w)) | (q == torch.ceil(w)))
+
+    def loss(qq, o):  # channel o's least squares with a free offset, computed directly: [K] for qq [K, F]
+        r = X @ qq.T - y[:, o:o + 1]
+        return ((r - r.mean(0)) ** 2).sum(0)
+    bits = torch.as_tensor(np.array(np.meshgrid(*[[0, 1]] * 8)).reshape(8, -1).T, dtype=torch.float64)
+    best = torch.stack([loss(torch.floor(w[o]) + bits, o).min() for o in range(4)])   # all 256 roundings
+    near = torch.stack([loss(torch.round(w[o])[None], o)[0] for o in range(4)])
+    got = torch.stack([loss(q[o][None], o)[0] for o in range(4)])
+    assert torch.all(got <= near + 1e-9)
+    assert float((got - best).sum()) <= 0.5 * float((near - best).sum())
+
+
+def test_boundary_weights_peak_at_count_boundaries():
+    u = torch.tensor([0.0, 0.5, 1.0, 2.5, 4.0, 9.0], dtype=torch.float64)
+    h = boundary_weights(u, max_spikes=4)
+    assert h[2] > 0.99 and h[4] > 0.99 and h[1] < 0.1 and h[5] < 0.1
+
+
+# -- layer-wise calibration for loihi ------------------------------------------------------------
+
+def test_loihi_calibration_matches_integer_forward_and_helps_on_held_out_data():
+    g = dense_net()
+    xc, xt = inputs(256, (24,), 1), inputs(512, (24,), 2)
+    base = quantize(g, calibration=xc)
+    cal, results, _ = loihi_cal.calibrate(g, xc)
+    got = ops.evaluate(cal, xt, quantized=True)["if3"].numpy()
+    assert np.array_equal(got, numpy_dense_counts(cal, xt))          # an independent integer forward
+    assert agree_last(cal, xt) >= agree_last(base, xt)               # held-out: not worse
+    assert [r.weight_layer for r in results] == ["fc1", "fc2", "fc3"]
+    assert all(r.agree_after >= r.agree_before for r in results)
+    for wname, nname in weight_neuron_pairs(cal):                     # loihi rules still hold
+        assert loihi_cal.state_violation(cal, wname, nname) is None
+        assert np.abs(cal.nodes[wname].weight_q).max() <= 127
+
+
+def test_loihi_calibration_on_a_conv_net_with_groups_and_pools_stays_exact_in_the_simulator():
+    from neurodeploy.targets.loihi import LoihiTarget
+
+    g = strided_net()
+    xc, xt = inputs(64, (2, 9, 9), 4), inputs(64, (2, 9, 9), 5)
+    cal, results, _ = loihi_cal.calibrate(g, xc)
+    sim = LoihiTarget().simulate(cal, xt)
+    ref = ops.evaluate(cal, xt, quantized=True)
+    for n in cal.neurons():
+        assert np.array_equal(np.asarray(sim.counts[n]), ref[n].numpy()), n
+    assert agree_last(cal, xt) >= agree_last(quantize(g, calibration=xc), xt)
+
+
+def test_exact_input_scale_is_tried_for_dyadic_data():
+    scales = loihi_cal._input_scales(inputs(8, (4,), 0))
+    assert scales == [None, 16.0, 240.0]
+
+
+# -- records -------------------------------------------------------------------------------------
+
+def test_record_reproduces_the_calibrated_graph_and_refuses_another_model(tmp_path):
+    g = dense_net()
+    xc = inputs(128, (24,), 1)
+    cal, rec = stage.run("loihi", g, xc)
+    path = tmp_path / "rec.json"
+    path.write_text(json.dumps(rec))
+    again = stage.from_record("loihi", g, path)
+    for name in ("fc1", "fc2", "fc3"):
+        assert np.array_equal(again.nodes[name].weight_q, cal.nodes[name].weight_q)
+        assert np.array_equal(again.nodes[name].bias_q, cal.nodes[name].bias_q)
+    xt = inputs(64, (24,), 9)
+    assert np.array_equal(numpy_dense_counts(again, xt), numpy_dense_counts(cal, xt))
+    other = dense_net(seed=5)
+    with pytest.raises(NeurodeployError, match="layer 'fc1'.*weights differ"):
+        stage.from_record("loihi", other, path)
+    with pytest.raises(NeurodeployError, match="target 'loihi', not 'speck'"):
+        check_record(rec, g, "speck")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(NeurodeployError, match="not a calibration record"):
+        stage.from_record("loihi", g, bad)
+
+
+def test_make_record_is_json_and_names_the_data(tmp_path):
+    g = dense_net()
+    xc = inputs(64, (24,), 1)
+    cal, results, s = loihi_cal.calibrate(g, xc)
+    rec = make_record(cal, "loihi", results, data_sha256="ab" * 32, n_samples=64, input_scale=s)
+    json.dumps(rec)
+    assert rec["format"] == "neurodeploy-calibration/1" and rec["data_sha256"] == "ab" * 32
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+
+def test_cli_calibrate_then_compile_with_the_record(tmp_path):
+    model = [str(EX / "digits_chain.pt"), "--arch", f"{EX / 'digits_chain.py'}:build_model"]
+    rec = tmp_path / "rec.json"
+    r = CliRunner().invoke(main, ["calibrate", *model, "-t", "loihi", "--calibration",
+                                  str(EX / "digits_calib.npz"), "-o", str(rec)])
+    assert r.exit_code == 0, r.output
+    assert "encoder.spike_out" in r.output and rec.exists()
+    data = json.loads(rec.read_text())
+    assert data["target"] == "loihi" and len(data["layers"]) == 4 and data["data_samples"] == 64
+    out = tmp_path / "o"
+    r = CliRunner().invoke(main, ["compile", *model, "-t", "loihi", "--calibration-record", str(rec),
+                                  "--no-profile", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    calib = json.loads((out / "loihi.json").read_text())["quantization"]["calibration"]
+    assert calib["source"].startswith("record rec.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**data, "target": "speck"}))
+    r = CliRunner().invoke(main, ["compile", *model, "-t", "loihi", "--calibration-record", str(bad),
+                                  "--no-profile", "-o", str(tmp_path / "o2")])
+    assert r.exit_code == 2 and "calibration record is for target 'speck'" in r.output
+    assert not (tmp_path / "o2").exists()
