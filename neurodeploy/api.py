@@ -424,9 +424,24 @@ def verify(model: str | Path, *, data: str | Path, target: str = "sim", limit: i
     calib_note += "" if calibration else partial
     _check(tgt, prepared.canonical, calib, head.x)
     quantized = tgt.quantize(prepared.canonical, calibration=calib, **(target_options or {}))
-    return stream_verify(prepared, quantized, source, limit=limit, batch_size=batch_size or DEFAULT_BATCH,
-                         runner=runner, target=target, schedules=schedules, runtime=runtime,
-                         calibration_note=calib_note)
+    uncalibrated = quantized
+    quantized = _calibration_stage(target, prepared.canonical, quantized, calibration, calib, None, target_options)
+    report = stream_verify(prepared, quantized, source, limit=limit, batch_size=batch_size or DEFAULT_BATCH,
+                           runner=runner, target=target, schedules=schedules, runtime=runtime,
+                           calibration_note=calib_note)
+    if quantized is not uncalibrated:
+        report.calibration_effect = calibration_effect(uncalibrated, quantized, head, calibration, data)
+    return report
+
+
+def calibration_effect(before, after, dataset: Dataset, calibration, data):
+    """Before/after table of a calibration on ``dataset`` (never on the calibration data itself)."""
+    from .calibration.effect import CalibrationEffect, measure
+
+    name = f"{Path(str(data)).name} ({len(dataset.x)} samples)"
+    if Path(str(data)).is_file() and sha256_file(data) == sha256_file(calibration):
+        return CalibrationEffect(name, note="--data is the --calibration file: no held-out data to measure on")
+    return measure(before, after, dataset.x, name)
 
 
 def profile(model: str | Path, *, data: str | Path, target: str = "sim", limit: int | None = None,

@@ -386,12 +386,15 @@ def _dataset_options(kw: dict):
               help="loihi: also run the .net file in Lava's fixed-point CPU model and compare.")
 @click.option("--limit", type=LIMIT, help="Use only the first N samples.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
-              help=".npz with x: quantisation scales from these inputs (default: --data doubles as calibration).")
+              help=".npz with x: quantisation scales from these inputs (default: --data doubles as calibration); "
+              "loihi also runs the calibration search and reports counts before/after it on --data.")
+@click.option("--calibration-plot", type=click.Path(dir_okay=False),
+              help="With a calibration search: write a PNG of per-layer count differences before/after it.")
 @speck_bias_options
 @speck_barrier_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @dataset_options
-def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, **kw):
+def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, calibration_plot, **kw):
     """Compare the model's own PyTorch forward with the simulation, layer by layer.
 
     \b
@@ -414,7 +417,18 @@ def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, **
     report = api.verify(kw.pop("model"), data=data, target=target, limit=limit, schedules=tuple(schedules) or None,
                         calibration=calibration, runtime=runtime, target_options=target_options,
                         batch_size=batch_size, runner=runner, **_load_options(kw))
-    click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True) if as_json else report.format_table())
+    effect = getattr(report, "calibration_effect", None)
+    if as_json:
+        d = report.to_dict()
+        if effect is not None:
+            d["calibration_effect"] = effect.to_dict()
+        click.echo(json.dumps(d, indent=2, sort_keys=True))
+    else:
+        click.echo(report.format_table())
+        if effect is not None:
+            click.echo(effect.table())
+    if effect is not None and calibration_plot and effect.rows:
+        effect.plot(calibration_plot)
     if not report.ok():
         sys.exit(1)
 

@@ -187,3 +187,34 @@ def test_cli_calibrate_then_compile_with_the_record(tmp_path):
                                   "--no-profile", "-o", str(tmp_path / "o2")])
     assert r.exit_code == 2 and "calibration record is for target 'speck'" in r.output
     assert not (tmp_path / "o2").exists()
+
+
+# -- before / after report -------------------------------------------------------------------------
+
+def test_effect_counts_equal_values_per_layer():
+    from neurodeploy.calibration.effect import measure
+
+    g = dense_net()
+    xc, xt = inputs(128, (24,), 1), inputs(200, (24,), 3)
+    base = quantize(g, calibration=xc)
+    cal, _, _ = loihi_cal.calibrate(g, xc)
+    eff = measure(base, cal, xt, "held-out")
+    ref = ops.evaluate(g, xt, quantized=False)["if3"].numpy()
+    row = eff.rows[-1]
+    assert row.layer == "if3" and row.n_values == ref.size
+    assert row.equal_after == int((numpy_dense_counts(cal, xt) == ref).sum())
+    assert "if3" in eff.table() and eff.to_dict()["layers"][-1]["pct_after"] == row.pct("after")
+
+
+def test_cli_verify_reports_before_after_on_held_out_data_and_plots(tmp_path):
+    model = [str(EX / "digits_chain.pt"), "--arch", f"{EX / 'digits_chain.py'}:build_model"]
+    png = tmp_path / "cal.png"
+    r = CliRunner().invoke(main, ["verify", *model, "-t", "loihi", "--calibration", str(EX / "digits_calib.npz"),
+                                  "--data", str(EX / "digits_test.npz"), "--limit", "24",
+                                  "--calibration-plot", str(png)])
+    assert r.exit_code == 0, r.output
+    assert "before -> after calibration" in r.output and "digits_test.npz (24 samples)" in r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = CliRunner().invoke(main, ["verify", *model, "-t", "loihi", "--calibration", str(EX / "digits_calib.npz"),
+                                  "--data", str(EX / "digits_calib.npz"), "--limit", "8"])
+    assert r.exit_code == 0 and "no held-out data" in r.output
