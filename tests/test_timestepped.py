@@ -321,3 +321,21 @@ def test_time_stepped_graph_round_trips_through_the_ir_file(tmp_path):
     assert torch.equal(ops.evaluate(g, x)["lif"], ops.evaluate(h, x)["lif"])
     with pytest.raises(NeurodeployError, match="unknown reset 'soft'"):
         ir.LIFNeuron(reset="soft")
+
+
+def test_profile_per_timestep_counts_synops_from_spike_trains(tmp_path):
+    from neurodeploy.profile_timestepped import format_timestepped, plot_timestepped, profile_timestepped
+
+    torch.manual_seed(8)
+    net = SnnTorchMLP()
+    x = torch.rand(6, 10) * 1.5
+    g = from_timestepped(net, x, T)
+    rep = profile_timestepped(g, x.double())
+    ref = model_spike_trains(net, g, x)
+    # fc2 is fed by lif1: SynOps at step t = lif1's spikes at t × fan-out 5 (Linear 24 -> 5)
+    assert rep["layers"]["fc2"]["synops"] == pytest.approx((ref["lif1"].sum(2).mean(0) * 5).tolist())
+    assert rep["layers"]["fc1"]["macs"] == [10 * 24] * T and rep["layers"]["fc1"]["synops"] == [0.0] * T
+    assert rep["total"]["synops"] == pytest.approx(ref["lif1"].sum() / 6 * 5)
+    assert rep["total"]["neuron_updates"] == (24 + 5) * T
+    assert len(format_timestepped(rep).splitlines()) == T + 2
+    assert plot_timestepped(rep, tmp_path / "t.png").stat().st_size > 1000
