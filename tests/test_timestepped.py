@@ -339,3 +339,44 @@ def test_profile_per_timestep_counts_synops_from_spike_trains(tmp_path):
     assert rep["total"]["neuron_updates"] == (24 + 5) * T
     assert len(format_timestepped(rep).splitlines()) == T + 2
     assert plot_timestepped(rep, tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_speck_time_bins_equal_sinabs_iafsqueeze_bin_for_bin():
+    import warnings
+
+    from neurodeploy.targets import get_target
+    from neurodeploy.targets.speck.quantize import quantize
+    from neurodeploy.targets.speck.timestepped import speck_graph
+
+    N = 3
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, bias=False), sinabs_layers.IAFSqueeze(batch_size=N, spike_threshold=4.0),
+                        sinabs_layers.SumPool2d(2), nn.Conv2d(4, 3, 3, bias=False),
+                        sinabs_layers.IAFSqueeze(batch_size=N, spike_threshold=5.0))
+    gen = torch.Generator().manual_seed(9)
+    with torch.no_grad():  # integer weights: the Speck quantiser's scale 1 keeps them exact
+        for m in net:
+            if isinstance(m, nn.Conv2d):
+                m.weight.copy_(torch.randint(-2, 4, m.weight.shape, generator=gen).float())
+    x = torch.randint(0, 2, (N, T, 2, 12, 12), generator=gen).float()  # DVS-like events per bin
+    g = from_timestepped(net, x.reshape(N * T, 2, 12, 12), T, input_layout="N*T")
+    sg = speck_graph(g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qg = quantize(sg, scales={n: 1.0 for n in sg.of_type(ir.Conv2d)})
+    ours = get_target("speck").simulate(qg, x.double().numpy(), mode="binned")
+    theirs = model_spike_trains(net, g, x.reshape(N * T, 2, 12, 12))
+    for name, train in theirs.items():
+        assert train.sum() > 0 and np.array_equal(ours.per_bin[name].numpy(), train), name
+
+
+def test_speck_refuses_leaky_and_single_spike_layers_by_name():
+    from neurodeploy.errors import DesignRuleError
+    from neurodeploy.targets.speck.timestepped import speck_graph
+
+    net = SnnTorchMLP()  # beta 0.85 / 0.7, strict firing, delayed subtraction
+    g = from_timestepped(net, torch.rand(2, 10), T)
+    with pytest.raises(DesignRuleError) as err:
+        speck_graph(g)
+    text = str(err.value)
+    assert "layer 'lif1': leaky neuron (beta = 0.85" in text and "layer 'lif2': leaky" in text
+    assert "firing 'strict'" in text and "next_step" in text
