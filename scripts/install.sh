@@ -12,7 +12,7 @@ VPY=.venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first, pinned: the CPU wheel lies on disk; anything else pulls a multi-GB CUDA build.
 $VPY -m pip install -q "torch==2.13.0"
-$VPY -m pip install -q -c scripts/constraints.txt -e ".[test,loihi]"
+$VPY -m pip install -q -c scripts/constraints.txt -e ".[test,loihi,ray]"
 # sinabs 3.1.3 pins nir<=1.0.4 and depends on samna, whose PyPI releases are network stubs:
 # install it without dependencies (we only use its core layers, never sinabs.backend.dynapcnn).
 $VPY -m pip install -q -c scripts/constraints.txt --no-deps "sinabs==3.1.3" "pbr"
