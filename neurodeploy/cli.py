@@ -281,7 +281,7 @@ def _speck_bias_options(target: str, kw: dict) -> dict:
               help=".npz with x (and y): profile and verify on these inputs.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
               help=".npz with x: lets the target choose quantisation scales from data (default: --data "
-              "doubles as calibration); for loihi it also runs the layer-wise calibration search.")
+              "doubles as calibration); for loihi and speck it also runs the layer-wise calibration search.")
 @click.option("--calibration-record", type=click.Path(exists=True, dir_okay=False),
               help="JSON written by 'neurodeploy calibrate': use its parameters instead of searching (refused "
               "for another model or target).")
@@ -331,7 +331,7 @@ def compile_cmd(target, out_dir, force, data, calibration, calibration_record, v
 
 @main.command("calibrate")
 @model_options
-@click.option("--target", "-t", type=click.Choice(["loihi"]), required=True)
+@click.option("--target", "-t", type=click.Choice(["loihi", "speck"]), required=True)
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False), required=True,
               help=".npz with x: the calibration inputs (keep the data you verify on apart).")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
@@ -387,7 +387,7 @@ def _dataset_options(kw: dict):
 @click.option("--limit", type=LIMIT, help="Use only the first N samples.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
               help=".npz with x: quantisation scales from these inputs (default: --data doubles as calibration); "
-              "loihi also runs the calibration search and reports counts before/after it on --data.")
+              "loihi/speck also run the calibration search and report counts before/after it on --data.")
 @click.option("--calibration-plot", type=click.Path(dir_okay=False),
               help="With a calibration search: write a PNG of per-layer count differences before/after it.")
 @speck_bias_options

@@ -218,3 +218,52 @@ def test_cli_verify_reports_before_after_on_held_out_data_and_plots(tmp_path):
     r = CliRunner().invoke(main, ["verify", *model, "-t", "loihi", "--calibration", str(EX / "digits_calib.npz"),
                                   "--data", str(EX / "digits_calib.npz"), "--limit", "8"])
     assert r.exit_code == 0 and "no held-out data" in r.output
+
+
+# -- speck -----------------------------------------------------------------------------------------
+
+def speck_net(seed: int = 0) -> ir.Graph:
+    rng = np.random.default_rng(seed)
+    g = ir.Graph()
+    g.add("input", ir.Input(input_shape=(1, 8, 8)))
+    g.add("conv1", ir.Conv2d(weight=rng.normal(0, 0.5, (6, 1, 3, 3)), bias=rng.normal(0.2, 0.1, 6), padding=1),
+          "input")
+    g.add("if1", ir.IFNeuron(threshold=1.0, max_spikes=4), "conv1")
+    g.add("conv2", ir.Conv2d(weight=rng.normal(0, 0.25, (8, 6, 3, 3)), bias=rng.normal(0.3, 0.1, 8), stride=2,
+                             padding=1), "if1")
+    g.add("if2", ir.IFNeuron(threshold=1.0, max_spikes=4), "conv2")
+    g.add("output", ir.Output(), "if2")
+    return ir.infer_shapes(g)
+
+
+def test_speck_calibration_keeps_the_barrier_and_helps_on_held_out_data():
+    import warnings
+
+    from neurodeploy.targets.speck import calibrate as speck_cal
+    from neurodeploy.targets.speck.barrier import plan_barrier
+
+    g = speck_net()
+    xc, xt = inputs(64, (1, 8, 8), 1), inputs(128, (1, 8, 8), 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = speck_cal.quantize_base(g, xc)
+        cal, results, choice = speck_cal.calibrate(g, xc)
+    assert choice == {"input_scale": 16.0, "max_input_events": 16, "barrier_input_bound": 16}  # exact input
+    assert not plan_barrier(cal).violations
+    for w in ("conv1", "conv2"):
+        wq = np.asarray(cal.nodes[w].weight_q)
+        assert wq.min() >= -128 and wq.max() <= 127
+    assert agree_last(cal, xt) >= agree_last(base, xt)
+    # an independent integer forward of the first layer (numpy, 16-bit state clamp)
+    x_int = np.rint(xt * cal.nodes["input"].scale_q)
+    w1 = torch.as_tensor(np.asarray(cal.nodes["conv1"].weight_q, dtype=np.float64))
+    cur = torch.nn.functional.conv2d(torch.as_tensor(x_int), w1, padding=1).numpy()
+    cur = cur + np.asarray(cal.nodes["conv1"].bias_q)[None, :, None, None] + cal.nodes["if1"].v_init_q
+    n = np.clip(np.floor(np.minimum(cur, 32767) / cal.nodes["if1"].threshold_q), 0, 4)
+    assert np.array_equal(n, ops.evaluate(cal, xt, quantized=True)["if1"].numpy())
+
+
+def test_speck_leak_bias_mode_is_refused():
+    from neurodeploy.targets.speck import calibrate as speck_cal
+    with pytest.raises(NeurodeployError, match="bias-mode initial"):
+        speck_cal.calibrate(speck_net(), inputs(8, (1, 8, 8), 1), bias_mode="leak")

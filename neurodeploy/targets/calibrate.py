@@ -14,7 +14,7 @@ from ..artifacts import sha256_file
 from ..calibration.record import apply_record, check_record, make_record, read_record
 from ..errors import NeurodeployError
 
-CALIBRATED_TARGETS = ("loihi",)
+CALIBRATED_TARGETS = ("loihi", "speck")
 
 
 def supports(target: str) -> bool:
@@ -24,6 +24,9 @@ def supports(target: str) -> bool:
 def _module(target: str):
     if target == "loihi":
         from .loihi import calibrate
+        return calibrate
+    if target == "speck":
+        from .speck import calibrate
         return calibrate
     raise NeurodeployError(f"target '{target}' has no calibration stage",
                            fix=f"calibrate for one of: {', '.join(CALIBRATED_TARGETS)}")
@@ -67,20 +70,18 @@ def from_record(target: str, canonical: ir.Graph, record_path: str | Path,
                 target_options: dict | None = None) -> ir.Graph:
     """The quantised graph with a saved record's parameters (no search); refuses a record made for
     another model, target or quantiser options."""
-    from .loihi.quantize import quantize  # the only calibrated target so far
-
     mod = _module(target)
     rec = read_record(record_path)
     options = dict(target_options or {})
-    if rec.get("quantizer_options", {}) != {k: v for k, v in options.items() if k != "input_scale"}:
+    if rec.get("quantizer_options", {}) != options:
         raise NeurodeployError(f"calibration record was made with quantiser options {rec.get('quantizer_options')}, "
                                f"this compile uses {options}",
                                fix="compile with the record's options or re-run 'neurodeploy calibrate'")
-    g = quantize(canonical, calibration=_input_stub(rec), **options,
-                 **mod.input_scale_options(rec.get("input_scale")))
+    g = mod.quantize_base(canonical, _input_stub(rec), **options,
+                          **mod.input_scale_options(rec.get("input_scale")))
     check_record(rec, g, target)
     apply_record(rec, g)
-    rules = mod.rules(g)
+    rules = mod.rules(g, {**options, **mod.input_scale_options(rec.get("input_scale"))})
     for lr in rec["layers"]:
         problem = rules.accept(g, lr["weight_layer"], lr["neuron"])
         if problem:

@@ -68,9 +68,14 @@ def state_violation(g: ir.Graph, wname: str, nname: str) -> str | None:
     return None
 
 
-def rules(g: ir.Graph) -> Rules:
+def rules(g: ir.Graph, options: dict | None = None) -> Rules:
     return Rules(weight_range=weight_range(g), threshold_range=lambda nrn: (1, THETA_MAX),
                  accept=state_violation, per_neuron_bias=True)
+
+
+def quantize_base(graph: ir.Graph, x, **options) -> ir.Graph:
+    from .quantize import quantize
+    return quantize(graph, calibration=x, **options)
 
 
 def input_scale_options(input_scale) -> dict:
