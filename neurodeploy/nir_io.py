@@ -376,6 +376,8 @@ def to_nir(graph: ir.Graph) -> "nir.NIRGraph":
             nn = nir.IF(r=np.ones(shape, dtype=np.float64),
                         v_threshold=np.full(shape, float(node.threshold), dtype=np.float64),
                         v_reset=np.zeros(shape, dtype=np.float64), metadata=meta)
+        elif isinstance(node, ir.LIFNeuron):
+            nn = _lif_to_nir(node, meta)
         else:
             raise UnsupportedOpError(f"no NIR mapping for {node.kind}", layer=name)
 
@@ -470,6 +472,8 @@ def _node_from_nir(name: str, nn, meta: dict, in_shape: tuple | None, default_ma
     kind = _m_str(meta, KIND_KEY)
     source = _m_str(meta, "source", "") if kind else f"nir:{name}"
     tname = type(nn).__name__
+    if kind == "LIFNeuron":  # our own file: exact
+        return _lif_from_meta(meta, source)
     if convention is not None and tname in ("IF", "LIF", "CubaLIF") and kind != "IFNeuron":
         return _lif_from_nir(name, nn, source, convention)
 
@@ -637,6 +641,42 @@ def _lif_from_nir(name: str, nn, source: str, convention: str) -> ir.LIFNeuron:
         beta, gain = _lif_param(beta), _lif_param(gain)
     return ir.LIFNeuron(beta=beta, gain=gain, threshold=theta, reset="subtract", firing="strict",
                         reset_timing="next_step", source=source, meta=meta)
+
+
+_LIF_FIELDS = ("threshold", "reset", "firing", "reset_timing", "v_init", "v_min")
+
+
+def _lif_to_nir(node: ir.LIFNeuron, meta: dict):
+    """A time-stepped neuron as the node sinabs.from_nir runs the same way when it is IAF/LIF with
+    MultiSpike and subtractive reset (IF: beta = 1; LIF: tau = -1/ln(beta), r = 1, i.e. sinabs'
+    alpha = exp(-1/tau) = beta); every field is kept in the metadata for our own reader."""
+    nir = _nir()
+    shape = tuple(node.shape)
+    for key in _LIF_FIELDS:
+        v = getattr(node, key)
+        _meta_put(meta, key, float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+    for key in ("beta", "gain"):
+        v = getattr(node, key)
+        _meta_put(meta, key, float(v) if np.ndim(v) == 0 else np.asarray(v, dtype=np.float64))
+    theta = np.full(shape, float(node.threshold), dtype=np.float64)
+    if not node.leaky:
+        return nir.IF(r=np.ones(shape), v_threshold=theta, v_reset=np.zeros(shape), metadata=meta)
+    beta = np.broadcast_to(np.asarray(node.beta, dtype=np.float64), shape)
+    with np.errstate(divide="ignore"):
+        tau = -1.0 / np.log(beta)
+    return nir.LIF(tau=np.array(tau), r=np.ones(shape), v_leak=np.zeros(shape), v_threshold=theta,
+                   v_reset=np.zeros(shape), metadata=meta)
+
+
+def _lif_from_meta(meta: dict, source: str) -> ir.LIFNeuron:
+    def arr(key):
+        a = np.asarray(meta[key], dtype=np.float64)
+        return float(a.reshape(-1)[0]) if a.size == 1 else a.copy()  # HDF5 keeps scalars as (1,)
+
+    return ir.LIFNeuron(beta=arr("beta"), gain=arr("gain"), threshold=_m_float(meta, "threshold"),
+                        reset=_m_str(meta, "reset"), firing=_m_str(meta, "firing"),
+                        reset_timing=_m_str(meta, "reset_timing"), v_init=_m_float(meta, "v_init"),
+                        v_min=_m_float(meta, "v_min"), source=source)
 
 
 def from_nir(obj_or_path, *, default_max_spikes: int = 1, timesteps: int | None = None,

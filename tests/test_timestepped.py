@@ -380,3 +380,36 @@ def test_speck_refuses_leaky_and_single_spike_layers_by_name():
     text = str(err.value)
     assert "layer 'lif1': leaky neuron (beta = 0.85" in text and "layer 'lif2': leaky" in text
     assert "firing 'strict'" in text and "next_step" in text
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_nir_export_of_time_stepped_graph_runs_in_sinabs_from_nir(tmp_path):
+    import nir
+    import sinabs
+
+    from neurodeploy.nir_io import from_nir, write_nir
+
+    torch.manual_seed(10)
+    net = nn.Sequential(nn.Linear(12, 20), sinabs_layers.IAF(min_v_mem=-1.0), nn.Linear(20, 6),
+                        sinabs_layers.LIF(tau_mem=5.0, norm_input=False))
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(4.0)
+    N = 4
+    x = torch.rand(N, T, 12) * 2
+    g = from_timestepped(net, x, T, input_layout="NT")
+    path = write_nir(g, tmp_path / "ts.nir")
+    back = from_nir(path)  # our own file: exact, time axis kept
+    assert ir.timesteps(back) == T
+    for name in g.of_type(ir.LIFNeuron):
+        a, b = g.nodes[name], back.nodes[name]
+        assert (a.firing, a.reset, a.reset_timing, a.v_min, a.threshold) == \
+               (b.firing, b.reset, b.reset_timing, b.v_min, b.threshold)
+        assert np.array_equal(np.asarray(a.beta), np.asarray(b.beta))
+    rebuilt = sinabs.from_nir(nir.read(path), batch_size=N, num_timesteps=T)
+    with torch.no_grad():
+        out = rebuilt(x.reshape(N * T, 12))
+    out = (out[0] if isinstance(out, tuple) else out).reshape(N, T, 6).double().numpy()
+    ours = simulate(g, x.double()).trains[g.of_type(ir.LIFNeuron)[-1]]
+    assert ours.sum() > 0 and np.array_equal(ours, out)
