@@ -472,3 +472,19 @@ def speck_barrier_cost_text(host_program_path) -> str:
 
 
 __all__ = ["prepare", "compile", "verify", "profile", "run_profile", "verify_prepared", "CompileResult", "Prepared"]
+
+
+def study_weight_bits(model: str | Path, *, calibration: str | Path, data: str | Path, bits, limit: int | None = None,
+                      **load_options):
+    """``neurodeploy study --weight-bits``: final-layer count agreement of N-bit integer versions of
+    ``model`` on ``data``, before and after calibration on ``calibration`` (which must differ)."""
+    from .calibration.study import study
+
+    if sha256_file(calibration) == sha256_file(data):
+        raise NeurodeployError("--data is the --calibration file: the study must measure on held-out data",
+                               fix="pass different files to --calibration and --data")
+    prepared = prepare(model, **load_options)
+    shape = prepared.options["input_shape"]
+    xc = load_data(calibration, input_shape=shape).x
+    xt = load_data(data, limit, input_shape=shape).x
+    return study(prepared.canonical, xc, xt, list(bits), f"{Path(data).name} ({len(xt)} samples)")

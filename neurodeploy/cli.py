@@ -375,6 +375,31 @@ def _dataset_options(kw: dict):
     return kw.pop("batch_size"), runner
 
 
+@main.command("study")
+@model_options
+@click.option("--weight-bits", "bits", type=click.IntRange(2, 16), multiple=True, required=True,
+              help="Weight width N to study (repeat for several).")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False), required=True,
+              help=".npz with x: the calibration inputs.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), required=True,
+              help=".npz with x: held-out inputs the count error is measured on.")
+@click.option("--limit", type=LIMIT, help="Use only the first N samples of --data.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def study_cmd(bits, calibration, data, limit, as_json, **kw):
+    """Sim study: spike-count error of MODEL with N-bit weights vs N, before/after calibration."""
+    from dataclasses import asdict
+
+    from . import api
+    from .calibration.study import study_table
+
+    rows = api.study_weight_bits(kw.pop("model"), calibration=calibration, data=data, bits=bits, limit=limit,
+                                 **_load_options(kw))
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in rows], indent=2))
+    else:
+        click.echo(study_table(rows, Path(data).name))
+
+
 @main.command("verify")
 @model_options
 @click.option("--data", required=True, help=DATA_HELP)

@@ -267,3 +267,25 @@ def test_speck_leak_bias_mode_is_refused():
     from neurodeploy.targets.speck import calibrate as speck_cal
     with pytest.raises(NeurodeployError, match="bias-mode initial"):
         speck_cal.calibrate(speck_net(), inputs(8, (1, 8, 8), 1), bias_mode="leak")
+
+
+# -- weight-bit study ------------------------------------------------------------------------------
+
+def test_weight_bit_study_quantiser_and_rows():
+    from neurodeploy.calibration.study import quantize_weight_bits, study
+
+    g = dense_net()
+    xc, xt = inputs(128, (24,), 1), inputs(256, (24,), 2)
+    q = quantize_weight_bits(g, xc, 5)
+    assert np.abs(q.nodes["fc1"].weight_q).max() == 15 and q.nodes["input"].scale_q == 16.0
+    assert np.array_equal(ops.evaluate(q, xt, quantized=True)["if3"].numpy(), numpy_dense_counts(q, xt))
+    rows = study(g, xc, xt, [3, 10])
+    assert [r.bits for r in rows] == [3, 10] and rows[0].final_layer == "if3"
+    assert rows[1].pct_before > rows[0].pct_before                 # more bits, fewer count errors
+
+
+def test_cli_study_refuses_the_calibration_file_as_data(tmp_path):
+    model = [str(EX / "digits_chain.pt"), "--arch", f"{EX / 'digits_chain.py'}:build_model"]
+    r = CliRunner().invoke(main, ["study", *model, "--weight-bits", "6", "--calibration", str(EX / "digits_calib.npz"),
+                                  "--data", str(EX / "digits_calib.npz")])
+    assert r.exit_code == 2 and "held-out data" in r.output
