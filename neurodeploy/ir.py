@@ -341,8 +341,11 @@ def topological_order(names: list[str], edges: list[tuple[str, str]]) -> list[st
             if indeg[c] == 0:
                 ready.append(c)
     if len(order) != len(names):
-        raise NeurodeployError("graph has a cycle (recurrent connections)",
-                               fix="neurodeploy supports feed-forward graphs only")
+        stuck = [n for n in names if indeg[n] > 0]
+        raise NeurodeployError(f"graph has a cycle (recurrent connections) through {', '.join(stuck[:8])}"
+                               + (" ..." if len(stuck) > 8 else ""), layer=stuck[0],
+                               fix="neurodeploy supports feed-forward graphs only (recurrent neurons such as "
+                                   "snnTorch RLeaky: use Leaky)")
     return order
 
 

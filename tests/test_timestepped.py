@@ -413,3 +413,14 @@ def test_nir_export_of_time_stepped_graph_runs_in_sinabs_from_nir(tmp_path):
     out = (out[0] if isinstance(out, tuple) else out).reshape(N, T, 6).double().numpy()
     ours = simulate(g, x.double()).trains[g.of_type(ir.LIFNeuron)[-1]]
     assert ours.sum() > 0 and np.array_equal(ours, out)
+
+
+def test_a_recurrent_graph_names_the_nodes_of_its_cycle():
+    g = ir.Graph()
+    g.add("in", ir.Input(input_shape=(2,)))
+    g.add("fc", ir.Linear(weight=np.eye(2)), ["in"])
+    g.add("lif", ir.LIFNeuron(), ["fc"])
+    g.add("rec", ir.Linear(weight=np.eye(2)), ["lif"])
+    g.edges.append(("rec", "fc"))
+    with pytest.raises(NeurodeployError, match=r"layer 'fc': graph has a cycle .* through fc, lif, rec"):
+        g.topo_order()
