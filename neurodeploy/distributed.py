@@ -23,6 +23,8 @@ from .errors import NeurodeployError
 
 RAY_FIX = "install the extra: pip install 'neurodeploy[ray]' (or make install), or run without --workers"
 MAX_RETRIES = 3
+# one thread per worker; idle OpenMP threads sleep instead of spinning on a core another worker needs
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 @dataclass
@@ -90,7 +92,8 @@ def _ray_results(task, program, shards, todo, runner: Runner):
     if started:
         kwargs = {"address": runner.address} if runner.address else {"num_cpus": int(runner.workers)}
         try:
-            ray.init(**kwargs, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            ray.init(**kwargs, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                     runtime_env={"env_vars": WORKER_ENV})
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise NeurodeployError(f"cannot start or join Ray ({runner.address or 'local'}): {e}",
                                    fix="check --ray-address (ray status on the head node prints it)") from None
