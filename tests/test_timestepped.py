@@ -424,3 +424,20 @@ def test_a_recurrent_graph_names_the_nodes_of_its_cycle():
     g.edges.append(("rec", "fc"))
     with pytest.raises(NeurodeployError, match=r"layer 'fc': graph has a cycle .* through fc, lif, rec"):
         g.topo_order()
+
+
+def test_spikingjelly_seq_to_ann_container_with_batchnorm():
+    torch.manual_seed(12)
+    net = nn.Sequential(
+        sj_layer.SeqToANNContainer(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)),
+        sj_neuron.LIFNode(tau=2.0, step_mode="m"),
+        sj_layer.SeqToANNContainer(nn.Flatten(), nn.Linear(4 * 6 * 6, 5)),
+        sj_neuron.IFNode(step_mode="m"))
+    with torch.no_grad():
+        net[0][1].running_mean.uniform_(-0.2, 0.2)
+        net[0][1].running_var.uniform_(0.5, 1.5)
+        net[0][0].weight.mul_(3.0)
+    x = (torch.rand(3, T, 2, 6, 6) < 0.5).float()
+    g = from_timestepped(net, x.transpose(0, 1).contiguous(), T, input_layout="TN")
+    assert "BatchNorm" in [n.kind for n in g.nodes.values()]
+    assert_exact(net, g, x)

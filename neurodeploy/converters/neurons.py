@@ -245,6 +245,8 @@ class _Recorder:
 def _strip(shape, lead: tuple) -> tuple:
     """Per-sample part of ``shape``: drop the leading batch/time dims ``lead`` ((N,), (T, N),
     (N, T) or (N·T,)), which must be there."""
+    if len(lead) == 2 and len(shape) >= 1 and shape[0] == lead[0] * lead[1] and tuple(shape[:2]) != tuple(lead):
+        return tuple(shape[1:])  # time folded into the batch (SpikingJelly SeqToANNContainer, sinabs FlattenTime)
     if tuple(shape[:len(lead)]) != tuple(lead):
         raise NeurodeployError(f"a tensor of shape {tuple(shape)} does not start with the batch/time dims "
                                f"{tuple(lead)} of the example input",
