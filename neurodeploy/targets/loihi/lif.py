@@ -203,9 +203,7 @@ def run_lif_lava(prog: LifProgram, x_int: np.ndarray, timeout: float | None = 30
             bias_src.s_out.connect(bias_syn.s_in)
             bias_syn.a_out.connect(lif.a_in)
         if not L.stock:
-            lif.proc_params.overwrite(LIF_KEY, {"reset_timing": L.reset_timing, "firing": L.firing}) \
-                if hasattr(lif.proc_params, "overwrite") else lif.proc_params.__setitem__(
-                    LIF_KEY, {"reset_timing": L.reset_timing, "firing": L.firing})
+            lif.proc_params.overwrite(LIF_KEY, {"reset_timing": L.reset_timing, "firing": L.firing})
         prev_port.connect(dense.s_in)
         dense.a_out.connect(lif.a_in)
         sink = io.sink.RingBuffer(shape=(n_out,), buffer=steps)
