@@ -130,8 +130,12 @@ def _check(target, graph: ir.Graph, *inputs) -> None:
     if violations:
         from .passes.cut import with_until_proposal
 
-        raise with_until_proposal(DesignRuleError(violations, target.name), graph,
+        err = with_until_proposal(DesignRuleError(violations, target.name), graph,
                                   accept=lambda prefix: not target.check(prefix))
+        if err.until and target.name in ("speck", "loihi"):
+            err.fix += "; or add --host-rest: deploy that prefix and run the rest on the host (host_program.pt2)"
+            err.args = (err._format(),)
+        raise err
 
 
 @dataclass
@@ -144,13 +148,14 @@ class CompileResult:
     verify: Any = None
     calibration_note: str = ""
     written: bool = False  # False when verification failed: out_dir was left as it was
+    split_note: str = ""  # --host-rest: what runs on the chip and what on the host
 
 
 def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data: str | Path | None = None,
             calibration: str | Path | None = None, verify: bool = False, profile: bool = True,
             limit: int | None = None, emit: tuple[str, ...] = (), target_options: dict | None = None,
             energy: dict | None = None, force: bool = False, calibration_record: str | Path | None = None,
-            **load_options) -> CompileResult:
+            host_rest: bool = False, **load_options) -> CompileResult:
     """Compile ``model`` for ``target`` into ``out_dir`` (atomically).
 
     ``out_dir`` is replaced only when every step, verification included, succeeded, and only if it
@@ -163,6 +168,8 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
     quantisation scales from data; for targets with a calibration stage (loihi) it also runs the
     layer-wise search (:mod:`neurodeploy.calibration`). ``calibration_record``: a record written by
     :func:`calibrate` whose parameters are used instead of searching. ``emit``: extra artefacts (``'routing'``).
+    ``host_rest``: where the model fails the target's design rules, deploy the furthest prefix that
+    passes and write the rest as a host program (:mod:`neurodeploy.split`).
     """
     from .nir_io import write_nir
     from .ir_io import save_graph
@@ -176,16 +183,27 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
     shape = prepared.options["input_shape"]
     dataset = load_data(data, limit, input_shape=shape) if data else None
     calib, calib_note = calibration_inputs(calibration, dataset, shape)
-    _check(tgt, prepared.canonical, calib, None if dataset is None else dataset.x)
-    quantized = tgt.quantize(prepared.canonical, calibration=calib, **target_options)
-    quantized = _calibration_stage(target, prepared.canonical, quantized, calibration, calib,
+    split = _host_rest_split(tgt, prepared.canonical, calib) if host_rest else None
+    if host_rest:
+        prepared.options["host_rest"] = True
+    chip = split.chip if split else prepared.canonical
+    _check(tgt, chip, calib, None if dataset is None else dataset.x)
+    quantized = tgt.quantize(chip, calibration=calib, **target_options)
+    quantized = _calibration_stage(target, chip, quantized, calibration, calib,
                                    calibration_record, target_options)
     mapping = tgt.map(quantized, **target_options)
 
     result = CompileResult(Path(out_dir), {}, {}, quantized, calibration_note=calib_note)
+    if host_rest:
+        result.split_note = split.note() if split else f"--host-rest: the whole model passes the {target} " \
+            "design rules, so everything runs on the chip (no host part)"
     with ArtifactDir(out_dir, force=force, inputs=inputs) as art:
         save_graph(quantized, art.path("graph.ir.npz"))
-        if has_host_ops(quantized):  # NIR has no activation × activation product: the host part is a program
+        if split:
+            from .split import write_split
+            write_split(split, art.tmp, mapping)
+            write_nir(quantized, art.path("network.nir"))
+        elif has_host_ops(quantized):  # NIR has no activation × activation product: the host part is a program
             from .host_program import write_host_program
             write_host_program(quantized, art.tmp)
         else:
@@ -199,7 +217,13 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
             art.path("profile.json").write_text(result.profile.format("json"))
             art.path("profile.csv").write_text(result.profile.format("csv"))
             result.profile.plot(art.path("profile.png"))
-        if dataset is not None and verify:
+        if dataset is not None and verify and split:
+            from .split import verify_split
+            result.verify = verify_split(prepared, split, quantized, dataset, art.tmp, calibration_note=calib_note)
+            write_json(art.path("verify.json"), result.verify.to_dict())
+            if not result.verify.ok():
+                art.discard()
+        elif dataset is not None and verify:
             result.verify = verify_prepared(prepared, quantized, dataset, target=target, calibration_note=calib_note)
             write_json(art.path("verify.json"), result.verify.to_dict())
             if not result.verify.ok():
@@ -211,6 +235,29 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
         names = sorted([*result.manifest["artefacts"], "manifest.json"])
         result.artifacts = {name: str(Path(out_dir) / name) for name in names}
     return result
+
+
+def _host_rest_split(tgt, canonical: ir.Graph, calib):
+    """--host-rest: the chip / host split (None when the whole graph passes the rules)."""
+    from .split import split_for_target
+
+    if tgt.name == "sim":
+        raise NeurodeployError("--host-rest applies to --target speck or loihi (sim runs the whole model, host "
+                               "ops included)", fix="drop --host-rest")
+    return split_for_target(tgt, canonical, calib)
+
+
+def _verify_split(prepared: Prepared, split, tgt, dataset: Dataset, calib, calib_note: str, target_options):
+    """verify --host-rest: the composed system, the host program written to and loaded from a temp folder."""
+    import tempfile
+
+    from .split import verify_split, write_split
+
+    _check(tgt, split.chip, calib, dataset.x)
+    quantized = tgt.quantize(split.chip, calibration=calib, **(target_options or {}))
+    with tempfile.TemporaryDirectory(prefix="neurodeploy-host-") as tmp:
+        write_split(split, tmp)
+        return verify_split(prepared, split, quantized, dataset, tmp, calibration_note=calib_note)
 
 
 def _calibration_stage(target: str, canonical, quantized, calibration, calib, record, target_options):
@@ -407,7 +454,7 @@ def _lava_text(lava: dict) -> str:
 def verify(model: str | Path, *, data: str | Path, target: str = "sim", limit: int | None = None,
            schedules: tuple[str, ...] | None = None, target_options: dict | None = None,
            calibration: str | Path | None = None, runtime: str = "sim", batch_size: int | None = None,
-           runner=None, **load_options):
+           runner=None, host_rest: bool = False, **load_options):
     """Load, convert and quantise ``model`` for ``target``, then verify spike counts on ``data``
     (an .npz, .npy, folder / glob of .npz shards or image folder: see :mod:`neurodeploy.datasets`),
     batch by batch (``batch_size``), on Ray workers when ``runner`` (a ``distributed.Runner``) says so."""
@@ -422,6 +469,10 @@ def verify(model: str | Path, *, data: str | Path, target: str = "sim", limit: i
     head, partial = calibration_head(source, shape, limit)
     calib, calib_note = calibration_inputs(calibration, head, shape)
     calib_note += "" if calibration else partial
+    split = _host_rest_split(tgt, prepared.canonical, calib) if host_rest else None
+    if split:
+        return _verify_split(prepared, split, tgt, load_data(data, limit, input_shape=shape), calib, calib_note,
+                             target_options)
     _check(tgt, prepared.canonical, calib, head.x)
     quantized = tgt.quantize(prepared.canonical, calibration=calib, **(target_options or {}))
     uncalibrated = quantized

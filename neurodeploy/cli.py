@@ -291,13 +291,16 @@ def _speck_bias_options(target: str, kw: dict) -> dict:
 @click.option("--profile/--no-profile", default=True, show_default=True, help="Profile on --data.")
 @click.option("--limit", type=LIMIT, help="Use only the first N samples of --data.")
 @click.option("--emit", multiple=True, type=click.Choice(["routing"]), help="Extra artefacts.")
+@click.option("--host-rest", is_flag=True, help="speck/loihi: where the model fails the design rules, deploy the "
+              "furthest prefix that passes on the chip and run the rest on the host (host_program.pt2, fed "
+              "with the chip's spike counts).")
 @click.option("--core-map", callback=_parse_json, help="Speck: JSON {layer: core} placement override.")
 @speck_bias_options
 @speck_barrier_options
 @click.option("--e-mac", default=4.6, **ENERGY, help="Energy per MAC (pJ, finite >= 0).")
 @click.option("--e-ac", default=0.9, **ENERGY, help="Energy per synaptic AC (pJ, finite >= 0).")
 def compile_cmd(target, out_dir, force, data, calibration, calibration_record, verify, profile, limit, emit,
-                core_map, e_mac, e_ac, **kw):
+                host_rest, core_map, e_mac, e_ac, **kw):
     """Compile MODEL for a target into OUT: IR, NIR, target artefacts, profile, manifest.json."""
     from . import api
 
@@ -309,9 +312,11 @@ def compile_cmd(target, out_dir, force, data, calibration, calibration_record, v
     res = api.compile(kw.pop("model"), target=target, out_dir=out_dir, data=data, calibration=calibration,
                       verify=verify, profile=profile, limit=limit, emit=tuple(emit),
                       target_options=target_options, energy=_energy(e_mac, e_ac), force=force,
-                      calibration_record=calibration_record, **_load_options(kw))
+                      calibration_record=calibration_record, host_rest=host_rest, **_load_options(kw))
     where = f"into {res.out_dir}/" if res.written else "(nothing written: verification failed)"
     click.echo(f"compiled for '{target}' {where} (quantisation scales from {res.calibration_note})")
+    if res.split_note:
+        click.echo(res.split_note)
     for name in sorted(res.artifacts):
         click.echo(f"  {name}")
     if "speck_host_program.json" in res.artifacts:
@@ -418,8 +423,11 @@ def study_cmd(bits, calibration, data, limit, as_json, **kw):
 @speck_bias_options
 @speck_barrier_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--host-rest", is_flag=True, help="speck/loihi: where the model fails the design rules, deploy the "
+              "furthest prefix that passes on the chip and run the rest on the host (host_program.pt2, fed "
+              "with the chip's spike counts).")
 @dataset_options
-def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, calibration_plot, **kw):
+def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, calibration_plot, host_rest, **kw):
     """Compare the model's own PyTorch forward with the simulation, layer by layer.
 
     \b
@@ -441,7 +449,7 @@ def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, ca
     batch_size, runner = _dataset_options(kw)
     report = api.verify(kw.pop("model"), data=data, target=target, limit=limit, schedules=tuple(schedules) or None,
                         calibration=calibration, runtime=runtime, target_options=target_options,
-                        batch_size=batch_size, runner=runner, **_load_options(kw))
+                        batch_size=batch_size, runner=runner, host_rest=host_rest, **_load_options(kw))
     effect = getattr(report, "calibration_effect", None)
     if as_json:
         d = report.to_dict()
