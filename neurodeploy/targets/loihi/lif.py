@@ -1,7 +1,7 @@
 """Time-stepped LIF graphs (:class:`ir.LIFNeuron`) on Loihi 2's CUBA neuron, in Lava fixed_pt.
 
-Lowering (a chain ``[Flatten] -> Linear -> LIFNeuron -> ... -> Output``; anything else is refused
-by name): per layer, integer weights ``w_q = round(gain·W·s_w)`` (even, 8-bit mixed sign, so Lava's
+Lowering (a chain of ``Conv2d -> LIFNeuron`` and ``[Flatten] -> Linear -> LIFNeuron`` layers;
+anything else, pooling included, is refused by name): per layer, integer weights ``w_q = round(gain·W·s_w)`` (even, 8-bit mixed sign, so Lava's
 Dense stores them unchanged), the current in membrane units ``a·64`` (Lava's ``act_shift``), bias
 ``round(gain·b·s)`` added to ``a`` every step, as the model adds its Linear bias every step: not
 as the LIF's ``bias_mant``, which Lava adds from its very first timestep, k + 1 steps before layer
@@ -18,9 +18,11 @@ the reset timing does not matter for reset to zero) runs on Lava's **stock** LIF
 runs on :class:`~.lava_lif_models.PyTimeSteppedLifModel` (Lava CPU simulation; on hardware it
 needs neuron microcode). MultiSpike (several spikes per step) has no Loihi form: refused.
 
-Timing: every Dense synapse adds one Lava timestep, so layer k's spikes for model step t appear at
-Lava step t + k; :func:`run_lif_lava` runs ``T + L`` steps and re-aligns them. Samples run side by
-side (block-diagonal weights), so their states never mix. :func:`simulate_lif` is the same integer
+Timing: every synapse (Dense / Conv) adds one Lava timestep, so layer k's spikes for model step t
+appear at Lava step t + k; :func:`run_lif_lava` runs ``T + L`` steps and re-aligns them. Samples run
+side by side, so their states never mix: dense layers with block-diagonal weights, conv layers with
+the samples stacked along Lava's feature axis (``groups = N·g``; images live in Lava's (x, y, f) =
+(W, H, N·C)); Lava's conv is a true convolution, so the PyTorch kernel is flipped. :func:`simulate_lif` is the same integer
 arithmetic in numpy; tests check it equals Lava with 0 spike-time mismatches.
 """
 
@@ -50,6 +52,13 @@ class LifLayer:
     reset: str
     reset_timing: str
     firing: str
+    kind: str = "dense"       # 'dense' (weight [O, I], I = the PyTorch-flattened input) | 'conv' [O, I/g, kH, kW]
+    in_shape: tuple = ()
+    out_shape: tuple = ()
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
 
     @property
     def stock(self) -> bool:
@@ -70,14 +79,14 @@ def _chain(graph: ir.Graph) -> list[tuple[str, str]]:
         node = graph.nodes[name]
         if isinstance(node, (ir.Input, ir.Output, ir.Flatten)):
             continue
-        if isinstance(node, ir.Linear) and pending is None:
+        if isinstance(node, (ir.Linear, ir.Conv2d)) and pending is None:
             pending = name
         elif isinstance(node, ir.LIFNeuron) and pending is not None:
             pairs.append((pending, name))
             pending = None
         else:
             raise UnsupportedOpError(f"{node.kind} is not supported by the Loihi LIF lowering", layer=node.source or name,
-                                     fix="a chain of Linear -> LIF layers (Conv2d/pooling: not built yet)")
+                                     fix="a chain of Linear / Conv2d -> LIF layers (pooling: not built yet)")
     if pending is not None or not pairs:
         raise UnsupportedOpError("every Linear must feed a LIF layer", fix="end the network with a LIF layer")
     return pairs
@@ -105,24 +114,32 @@ def lower_lif(graph: ir.Graph, x_calib, *, input_bits: int = 8) -> LifProgram:
                                      layer=where, fix="one beta per layer, reset 'zero' or 'subtract'")
         gain = float(lif.gain)
         w = gain * np.asarray(lin.weight, dtype=np.float64)
+        rows = np.abs(w).reshape(w.shape[0], -1).sum(1)
         # 8-bit weights, and the synaptic input a = Σ w·s within Lava's 16-bit a_in (so u = a·64
         # never wraps at 24 bits): max row sum of |w_q| · max input < 2**15
         s_w = min(_pow2_scale(float(np.max(np.abs(w))), 254.0),
-                  _pow2_scale(float(np.max(np.abs(w).sum(1))) * max(in_max, 1.0), A_IN_MAX - 254.0))
+                  _pow2_scale(float(np.max(rows)) * max(in_max, 1.0), A_IN_MAX - 254.0))
         w_q = 2 * np.rint(w * s_w / 2)
         s = s_prev * s_w
         b = np.zeros(w.shape[0]) if lin.bias is None else gain * np.asarray(lin.bias, dtype=np.float64)
         bias = np.rint(b * s)
         vth = int(round(float(lif.threshold) * s))
-        if float(np.max(np.abs(w_q).sum(1))) * max(in_max, 1.0) + np.max(np.abs(bias), initial=0) > A_IN_MAX:
+        if float(np.max(np.abs(w_q).reshape(w.shape[0], -1).sum(1))) * max(in_max, 1.0) + \
+                np.max(np.abs(bias), initial=0) > A_IN_MAX:
             raise NeurodeployError("the synaptic input plus bias does not fit Lava's 16-bit a_in", layer=where,
                                    fix="use a smaller input range (input_bits) or smaller biases")
         if vth > VTH_MAX or np.max(np.abs(bias), initial=0) > BIAS_MAX:
             raise NeurodeployError(f"threshold {vth} or bias does not fit Loihi's 17-bit vth / 13-bit bias",
                                    layer=where, fix="use a smaller input range (input_bits)")
         dv = int(round(DECAY_UNITY * (1.0 - float(lif.beta))))
+        conv = {}
+        if isinstance(lin, ir.Conv2d):
+            conv = dict(kind="conv", stride=lin.stride, padding=lin.padding, dilation=lin.dilation, groups=lin.groups)
+        # the population the synapse reads (a Flatten in between only changes the view)
+        in_shape = tuple(layers[-1].out_shape) if layers else tuple(graph.nodes[graph.input_names()[0]].shape)
         layers.append(LifLayer(name=lif_name, weight=w_q.astype(np.int64), bias_mant=bias.astype(np.int64),
-                               dv=dv, vth=vth, reset=lif.reset, reset_timing=lif.reset_timing, firing=lif.firing))
+                               dv=dv, vth=vth, reset=lif.reset, reset_timing=lif.reset_timing, firing=lif.firing,
+                               in_shape=in_shape, out_shape=tuple(lif.shape), **conv))
         s_prev, in_max = 1.0, 1.0
     node = graph.nodes[graph.input_names()[0]]
     return LifProgram(input_scale=s_in, input_shape=tuple(node.input_shape), timesteps=ir.timesteps(graph) or 1,
@@ -130,11 +147,23 @@ def lower_lif(graph: ir.Graph, x_calib, *, input_bits: int = 8) -> LifProgram:
 
 
 def quantize_lif_input(prog: LifProgram, x) -> np.ndarray:
-    """[N, T, F] (or static [N, F]) real input -> integer payloads [N, T, F]."""
+    """[N, T, *input_shape] (or static [N, *input_shape]) real input -> integer payloads [N, T, ...]."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim == len(prog.input_shape) + 1:
         x = np.repeat(x[:, None], prog.timesteps, axis=1)
-    return np.rint(x * prog.input_scale).reshape(x.shape[0], x.shape[1], -1).astype(np.int64)
+    return np.rint(x * prog.input_scale).astype(np.int64)
+
+
+def synaptic_input(L: LifLayer, s: np.ndarray) -> np.ndarray:
+    """Σ w·s of one step for a batch ``s`` [N, *in_shape] (exact integers)."""
+    if L.kind == "dense":
+        return s.reshape(s.shape[0], -1) @ L.weight.T
+    import torch
+    import torch.nn.functional as F
+
+    a = F.conv2d(torch.as_tensor(s, dtype=torch.float64), torch.as_tensor(L.weight, dtype=torch.float64), None,
+                 L.stride, L.padding, L.dilation, L.groups)  # integers far below 2**53: exact
+    return np.rint(a.numpy()).astype(np.int64)
 
 
 def _decay(a: np.ndarray, d: int) -> np.ndarray:
@@ -146,17 +175,15 @@ def simulate_lif(prog: LifProgram, x_int: np.ndarray) -> dict[str, np.ndarray]:
     s = np.asarray(x_int, dtype=np.int64)
     out = {}
     for L in prog.layers:
-        v = np.zeros((s.shape[0], L.weight.shape[0]), dtype=np.int64)
+        v = np.zeros((s.shape[0],) + tuple(L.out_shape), dtype=np.int64)
         pending = np.zeros_like(v)
         theta = np.int64(L.vth) << 6
-        train = np.zeros((s.shape[0], s.shape[1], L.weight.shape[0]), dtype=np.int64)
+        train = np.zeros((s.shape[0], s.shape[1]) + tuple(L.out_shape), dtype=np.int64)
+        bias = (L.bias_mant << 6).reshape((1, -1) + (1,) * (len(L.out_shape) - 1))
         for t in range(s.shape[1]):
-            u = (s[:, t] @ L.weight.T) << 6
-            u = np.where(u >= MAX_UV, u - 2 * MAX_UV, np.where(u <= -MAX_UV, u + 2 * MAX_UV, u))
-            bias = (L.bias_mant << 6)[None, :]
-            if L.reset == "subtract" and L.reset_timing == "next_step":
-                bias = bias - pending * theta
-            v = np.clip(_decay(v, L.dv) + u + bias, -MAX_UV + 1, MAX_UV - 1)
+            u = synaptic_input(L, s[:, t]) << 6  # within 16 bits · 64: no 24-bit wrap (lower_lif)
+            b = bias - pending * theta if L.reset == "subtract" and L.reset_timing == "next_step" else bias
+            v = np.clip(_decay(v, L.dv) + u + b, -MAX_UV + 1, MAX_UV - 1)
             spk = v >= theta if L.firing == "non_strict" else v > theta
             if L.reset == "zero":
                 v = np.where(spk, 0, v)
@@ -169,48 +196,103 @@ def simulate_lif(prog: LifProgram, x_int: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def lava_shape(shape: tuple, N: int) -> tuple:
+    """Where N samples of a population live side by side in Lava: vectors (F,) as (N·F,) with
+    sample-major order; images (C, H, W) in Lava's (x, y, f) = (W, H, N·C), samples along f."""
+    return (N * shape[0],) if len(shape) == 1 else (shape[2], shape[1], N * shape[0])
+
+
+def to_lava(a: np.ndarray) -> np.ndarray:
+    """[N, *shape] -> the Lava array of :func:`lava_shape`."""
+    if a.ndim == 2:
+        return a.reshape(-1)
+    N, C, H, W = a.shape
+    return a.transpose(3, 2, 0, 1).reshape(W, H, N * C)
+
+
+def from_lava(a: np.ndarray, N: int, shape: tuple) -> np.ndarray:
+    if len(shape) == 1:
+        return a.reshape(N, shape[0])
+    C, H, W = shape
+    return a.reshape(W, H, N, C).transpose(2, 3, 1, 0)
+
+
+def _dense_weights(L: LifLayer, N: int) -> np.ndarray:
+    """[N·O, |Lava input|]: sample n's rows read sample n's inputs at their Lava positions."""
+    shape = tuple(L.in_shape)
+    pos = from_lava(np.arange(int(np.prod(lava_shape(shape, N)))), N, shape).reshape(N, -1)
+    O = L.weight.shape[0]
+    w = np.zeros((N * O, pos.size), dtype=np.int64)
+    for n in range(N):
+        w[n * O:(n + 1) * O, pos[n]] = L.weight
+    return w
+
+
+def _synapse(L: LifLayer, N: int, first: bool, Dense, Conv, in_shape_lava: tuple):
+    bits = 8 if first else 0
+    if L.kind == "dense":
+        return Dense(weights=_dense_weights(L, N), num_message_bits=bits)
+    # Lava's conv (lava/proc/conv/utils.py) is a true convolution: flip the kernel of PyTorch's
+    # cross-correlation; [N·O, kW, kH, I/g] in Lava's (x, y) order
+    w = np.tile(np.ascontiguousarray(L.weight[:, :, ::-1, ::-1].transpose(0, 3, 2, 1)), (N, 1, 1, 1))
+    sw = lambda v: (int(v[1]), int(v[0]))  # noqa: E731  (H, W) -> Lava (x, y)
+    return Conv(weight=w, input_shape=in_shape_lava, padding=sw(L.padding), stride=sw(L.stride),
+                dilation=sw(L.dilation), groups=N * L.groups, num_message_bits=bits)
+
+
 def run_lif_lava(prog: LifProgram, x_int: np.ndarray, timeout: float | None = 300.0) -> dict[str, np.ndarray]:
-    """Run the program in Lava fixed_pt (Dense + LIF processes); trains [N, T, F] per layer,
-    re-aligned to model steps (layer k's spikes for step t come at Lava step t + k)."""
+    """Run the program in Lava fixed_pt (Dense / Conv + LIF processes, the N samples side by side);
+    trains [N, T, *shape] per layer, re-aligned to model steps (layer k's spikes for step t come at
+    Lava step t + k + 1)."""
     from .runner import import_lava
 
     import_lava()
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc import io
+    from lava.proc.conv.process import Conv
     from lava.proc.dense.process import Dense
     from lava.proc.lif.process import LIF
 
     from .lava_lif_models import LIF_KEY, PyTimeSteppedLifModel
 
     x = np.asarray(x_int, dtype=np.int64)
-    N, T, F = x.shape
+    N, T = x.shape[:2]
     steps = T + len(prog.layers)
-    data = np.zeros((N * F, steps), dtype=np.int32)
-    data[:, :T] = x.transpose(0, 2, 1).reshape(N * F, T)
+    in_lava = lava_shape(tuple(prog.input_shape), N)
+    data = np.zeros(in_lava + (steps,), dtype=np.int32)
+    for t in range(T):
+        data[..., t] = to_lava(x[:, t])
     src = io.source.RingBuffer(data=data)
-    prev_port, procs, sinks = src.s_out, [], []
+    prev_port, sinks = src.s_out, []
     for k, L in enumerate(prog.layers):
-        w = np.kron(np.eye(N, dtype=np.int64), L.weight)  # samples side by side: block-diagonal
-        dense = Dense(weights=w, num_message_bits=8 if k == 0 else 0)
-        n_out = w.shape[0]
-        lif = LIF(shape=(n_out,), du=4095, dv=L.dv, vth=L.vth)
+        syn = _synapse(L, N, k == 0, Dense, Conv, in_lava)
+        (prev_port.flatten() if L.kind == "dense" and len(in_lava) > 1 else prev_port).connect(syn.s_in)
+        out_lava = lava_shape(tuple(L.out_shape), N)
+        if tuple(syn.a_out.shape) != out_lava:
+            raise NeurodeployError(f"Lava synapse gives shape {tuple(syn.a_out.shape)}, expected {out_lava}",
+                                   layer=L.name)
+        lif = LIF(shape=out_lava, du=4095, dv=L.dv, vth=L.vth)
+        syn.a_out.connect(lif.a_in)
         if np.any(L.bias_mant):  # the bias as synaptic input from the layer's first step on (see module doc)
-            bias_data = np.zeros((n_out, steps), dtype=np.int32)
-            bias_data[:, k:k + T] = np.tile(L.bias_mant, N)[:, None]
+            per_sample = np.broadcast_to(L.bias_mant.reshape((-1,) + (1,) * (len(L.out_shape) - 1)),
+                                         L.out_shape)
+            bias_data = np.zeros(out_lava + (steps,), dtype=np.int32)
+            bias_data[..., k:k + T] = to_lava(np.broadcast_to(per_sample, (N,) + tuple(L.out_shape)))[..., None]
             bias_src = io.source.RingBuffer(data=bias_data)
-            bias_syn = Dense(weights=np.eye(n_out, dtype=np.int64), num_message_bits=16)
+            if len(out_lava) == 1:
+                bias_syn = Dense(weights=np.eye(out_lava[0], dtype=np.int64), num_message_bits=16)
+            else:  # depthwise 1x1 conv of weight 1: one bias input per neuron
+                bias_syn = Conv(weight=np.ones((out_lava[2], 1, 1, 1), dtype=np.int64), input_shape=out_lava,
+                                groups=out_lava[2], num_message_bits=16)
             bias_src.s_out.connect(bias_syn.s_in)
             bias_syn.a_out.connect(lif.a_in)
         if not L.stock:
             lif.proc_params.overwrite(LIF_KEY, {"reset_timing": L.reset_timing, "firing": L.firing})
-        prev_port.connect(dense.s_in)
-        dense.a_out.connect(lif.a_in)
-        sink = io.sink.RingBuffer(shape=(n_out,), buffer=steps)
+        sink = io.sink.RingBuffer(shape=out_lava, buffer=steps)
         lif.s_out.connect(sink.a_in)
-        procs.append(lif)
         sinks.append(sink)
-        prev_port = lif.s_out
+        prev_port, in_lava = lif.s_out, out_lava
     custom = {LIF: PyTimeSteppedLifModel} if not all(L.stock for L in prog.layers) else {}
     cfg = Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=custom)
     try:
@@ -223,6 +305,7 @@ def run_lif_lava(prog: LifProgram, x_int: np.ndarray, timeout: float | None = 30
             pass
     trains = {}
     for k, (L, arr) in enumerate(zip(prog.layers, outs)):
-        a = np.asarray(arr).reshape(N, L.weight.shape[0], steps)[:, :, k + 1:k + 1 + T]
-        trains[L.name] = (a.transpose(0, 2, 1) != 0).astype(np.int64)
+        arr = np.asarray(arr)
+        per_step = [from_lava(arr[..., k + 1 + t], N, tuple(L.out_shape)) for t in range(T)]
+        trains[L.name] = (np.stack(per_step, 1) != 0).astype(np.int64)
     return trains
