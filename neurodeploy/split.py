@@ -156,7 +156,7 @@ def write_split(split: Split, folder, mapping: dict | None = None) -> dict[str, 
             t.update(kind="network input (float)", produced_by="the host (the chip part receives it too)")
         else:
             t["produced_by"] = f"{split.target} chip layer '{t['name']}'"
-            core = _core_of(layer_to_core, t["name"])
+            core = _core_of(split.chip, layer_to_core, t["name"])
             if core is not None:
                 t["core"] = core
     desc["host_macs_per_sample"] = int(sum(host_macs(split.host_graph, n) for n in split.part.host))
@@ -164,10 +164,15 @@ def write_split(split: Split, folder, mapping: dict | None = None) -> dict[str, 
             "host_interface": atomic_write(folder / INTERFACE_FILE, dumps_json(desc))}
 
 
-def _core_of(layer_to_core: dict, neuron: str):
-    for layer, core in layer_to_core.items():
-        if layer == neuron or str(layer).startswith(neuron) or neuron in str(layer):
-            return core
+def _core_of(chip: ir.Graph, layer_to_core: dict, neuron: str):
+    """The core of the Speck layer whose neuron is ``neuron`` (layers are named by their weight layer)."""
+    todo = list(chip.inputs_of(neuron)) if neuron in chip.nodes else []
+    while todo:
+        m = todo.pop()
+        if m in layer_to_core:
+            return layer_to_core[m]
+        if not isinstance(chip.nodes[m], (ir.IFNeuron, ir.Input)):
+            todo.extend(chip.inputs_of(m))
     return None
 
 

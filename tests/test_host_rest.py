@@ -84,6 +84,8 @@ def test_artefacts_for_chip_and_host(compiled):
     crossing = {t["name"]: t for t in desc["to_host"]}
     cut = crossing[desc["chip_until"]]
     assert cut["kind"] == "spike counts" and cut["produced_by"].startswith("speck chip layer")
+    core_map = json.loads((out / "core_map.json").read_text())["layer_to_core"]
+    assert cut["core"] == core_map[res.quantized.inputs_of(desc["chip_until"])[0]]
     assert cut["max_value"] == E.D and cut["shape"] == list(res.quantized.nodes[desc["chip_until"]].shape)
     assert "chip part:" in res.split_note and "host part:" in res.split_note
     assert json.loads((out / "manifest.json").read_text())["options"]["host_rest"] is True
