@@ -29,6 +29,9 @@ from .. import ir, ops
 from .rounding import RoundingProblem, boundary_weights
 
 
+MAX_ROWS = 4096  # calibration rows the adaptive-rounding fit of one layer uses (a seeded sample beyond)
+
+
 @dataclass
 class Rules:
     """What a target lets calibration change. ``weight_range(name, node)`` -> (lo, hi) integers;
@@ -113,7 +116,13 @@ class _Layer:
         self.n_ref = ops.spike_count(nrn, z_ref, quantized=False)
         self.rows = _rows(self.node, xin_q)
         self.h = boundary_weights(_to_rows(self.u), nrn.max_spikes)
-        self.problem = None if self.rows is None else RoundingProblem(self.rows[0], self.h)
+        self.sample = None
+        if self.rows is not None and len(self.rows[0]) > MAX_ROWS:  # the rounding fit needs a sample only
+            self.sample = torch.randperm(len(self.rows[0]), generator=torch.Generator().manual_seed(0))[:MAX_ROWS]
+        self.problem = None
+        if self.rows is not None:
+            pick = slice(None) if self.sample is None else self.sample
+            self.problem = RoundingProblem(self.rows[0][pick], self.h[pick])
 
     def current(self, wq, bq) -> torch.Tensor:
         node = self.node.__class__.__new__(self.node.__class__)
@@ -144,7 +153,7 @@ class _Layer:
         if adaptive and self.problem is not None:
             shape = wq.shape
             ws = (W * self.s_w * gain).reshape(shape[0], -1)
-            wq = self.problem.solve(Y, ws, lo, hi).reshape(shape)
+            wq = self.problem.solve(Y if self.sample is None else Y[self.sample], ws, lo, hi).reshape(shape)
         a = _to_rows(self.current(wq, None))
         off = ((h * (Y - a)).sum(0) / h.sum(0).clamp_min(1e-12))
         if not per_neuron_bias:

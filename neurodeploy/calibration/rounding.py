@@ -40,8 +40,11 @@ class RoundingProblem:
         self.hsum = self.h.sum(0).clamp_min(1e-12)                         # [O]
         self.mx = (self.h / self.hsum).T @ self.X                          # [O, F] weighted means
         # G_o = Σ_r h_ro (x_r − m_o)(x_r − m_o)ᵀ (weighted covariance, unnormalised)
-        Xh = self.h.T[:, :, None] * self.X[None]                           # [O, R, F]
-        self.G = Xh.transpose(1, 2) @ self.X - self.hsum[:, None, None] * self.mx[:, :, None] * self.mx[:, None, :]
+        n_out, (n_rows, n_in) = self.h.shape[1], self.X.shape
+        chunk = max(1, int(2 ** 24 // max(n_rows * n_in, 1)))              # bounds the [c, R, F] temporary
+        self.G = torch.cat([(self.h.T[o:o + chunk, :, None] * self.X[None]).transpose(1, 2) @ self.X
+                            for o in range(0, n_out, chunk)])
+        self.G -= self.hsum[:, None, None] * self.mx[:, :, None] * self.mx[:, None, :]
         self.diag = torch.diagonal(self.G, dim1=1, dim2=2).clone()
         self.reg = ridge * self.diag + 1e-9
         self._Gt = None

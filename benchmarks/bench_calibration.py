@@ -1,0 +1,93 @@
+"""Calibration (issue 11): time and per-layer counts equal to the model, before -> after, on data
+the calibration never saw.
+
+* digits_chain on loihi and speck (layer barrier): calibrated on examples/digits_calib.npz (64
+  images), measured on examples/digits_test.npz (360 images) (the end task, the linear probe on
+  the features, is in ``neurodeploy verify --calibration``'s output);
+* the 3x64x64 benchmark net (benchmarks/nets.py LargeConvNet, random weights) on loihi: calibrated
+  on 64 random 8-bit images, measured on 64 others, with the class agreement of its 10 outputs;
+* the weight-bit study (sim) on digits_chain: final-layer agreement vs N.
+
+Run: python benchmarks/bench_calibration.py [--skip-large] [--bits 4 6 8 10 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from neurodeploy import api, ops  # noqa: E402
+from neurodeploy.calibration.effect import measure  # noqa: E402
+from neurodeploy.calibration.layerwise import weight_neuron_pairs  # noqa: E402
+from neurodeploy.calibration.study import study, study_table  # noqa: E402
+from neurodeploy.targets.loihi import calibrate as loihi_cal  # noqa: E402
+from neurodeploy.targets.speck import calibrate as speck_cal  # noqa: E402
+
+EX = ROOT / "examples"
+
+
+def end_task(before, after, x) -> tuple[float, float]:
+    """argmax agreement of the final layer's counts with the model's, before and after."""
+    last = weight_neuron_pairs(before)[-1][1]
+    with torch.inference_mode():
+        ref = ops.evaluate(before, x, quantized=False)[last].flatten(1)
+        b = ops.evaluate(before, x, quantized=True)[last].flatten(1)
+        a = ops.evaluate(after, x, quantized=True)[last].flatten(1)
+    # ties in the counts: count agreement as the model's argmax being among the program's maxima
+    def agree(q):
+        top = ref.argmax(1)
+        return float((q.gather(1, top[:, None]).squeeze(1) == q.max(1).values).double().mean())
+    return agree(b), agree(a)
+
+
+def run(name, mod, canonical, xc, xt, data_name, classifier: bool = False, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        before = mod.quantize_base(canonical, xc, **options)
+        t0 = time.perf_counter()
+        after, results, choice = mod.calibrate(canonical, xc, **options)
+        dt = time.perf_counter() - t0
+    eff = measure(before, after, xt, data_name)
+    print(f"\n== {name}: calibration {dt:.1f} s on {len(xc)} samples" + (f", input choice {choice}" if choice else ""))
+    print(eff.table())
+    if classifier:  # the digits encoder's features are SimCLR features: its end task is verify's probe
+        tb, ta = end_task(before, after, xt)
+        print(f"  end task (the model's class is among the program's top counts): {100 * tb:.2f}% -> {100 * ta:.2f}%")
+    return dt, eff
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--bits", type=int, nargs="*", default=[4, 6, 8, 10, 12])
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    p = api.prepare(EX / "digits_chain.pt", arch=f"{EX / 'digits_chain.py'}:build_model")
+    xc = np.load(EX / "digits_calib.npz")["x"]
+    xt = np.load(EX / "digits_test.npz")["x"]
+    run("digits_chain, loihi", loihi_cal, p.canonical, xc, xt, "digits_test.npz (360)")
+    run("digits_chain, speck (layer barrier)", speck_cal, p.canonical, xc, xt, "digits_test.npz (360)")
+    if args.bits:
+        rows = study(p.canonical, xc, xt, args.bits, "digits_test.npz (360)")
+        print()
+        print(study_table(rows, "digits_test.npz (360)"))
+    if not args.skip_large:
+        from nets import LargeConvNet, image_input, to_graph
+
+        from neurodeploy.passes.fold import canonicalize
+        g = canonicalize(to_graph(LargeConvNet()))
+        run("3x64x64 bench net (LargeConvNet), loihi", loihi_cal, g, image_input(64, 0), image_input(64, 1),
+            "64 held-out random images", classifier=True)
+
+
+if __name__ == "__main__":
+    main()
