@@ -231,13 +231,14 @@ class SplitReport:
     host: list[HostRow]
     chip_schedule: str
     crossing_vs_model: int          # crossing spike counts where the chip differs from the model
+    host_precision: object = None   # precision.PrecisionReport of the host part fed with the model's counts
 
     @property
     def host_exact(self) -> bool:
         return all(r.vs_reference == 0 for r in self.host)
 
     def ok(self) -> bool:
-        return bool(self.chip.ok()) and self.host_exact
+        return bool(self.chip.ok()) and self.host_exact and (self.host_precision is None or self.host_precision.ok)
 
     def format_table(self) -> str:
         from .precision import mismatch_text
@@ -255,13 +256,17 @@ class SplitReport:
             lines.append(f"  {r.layer[:32]:<32} {r.n_values:>10} {r.vs_reference:>12} "
                          f"{mismatch_text(r.vs_model, r.n_values):>18} "
                          f"{mismatch_text(r.vs_model_host_only, r.n_values):>20}")
+        if self.host_precision is not None:
+            lines += ["", "host part alone (fed with the model's own counts at the crossing), "
+                      + self.host_precision.table()]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {"target": self.target, "split": {"chip_until": self.cut, "chip_schedule": self.chip_schedule},
                 "ok": self.ok(), "chip": self.chip.to_dict(),
                 "host": {"exact": self.host_exact, "crossing_vs_model": self.crossing_vs_model,
-                         "layers": [r.to_dict() for r in self.host]}}
+                         "layers": [r.to_dict() for r in self.host],
+                         "precision": self.host_precision.to_dict() if self.host_precision is not None else None}}
 
 
 def verify_split(prepared, split: Split, chip_q: ir.Graph, dataset, folder, calibration_note: str = "") -> SplitReport:
@@ -295,9 +300,27 @@ def verify_split(prepared, split: Split, chip_q: ir.Graph, dataset, folder, cali
                             int((g != model).sum()) if model is not None else -1,
                             int((np.asarray(alone[n]).astype(np.int64) != model).sum())
                             if model is not None and n in alone else -1))
+    host_precision = _host_precision(split, dataset.x, reference, keys, alone, calibration_note) if alone else None
     crossing = 0
     for n, counts in given.items():
         key = _ref_key(reference, split.host_graph, n)
         if key:
             crossing += int((np.asarray(counts).astype(np.int64) != np.asarray(reference[key])).sum())
-    return SplitReport(split.target, split.cut, chip_report, rows, schedule, crossing)
+    return SplitReport(split.target, split.cut, chip_report, rows, schedule, crossing, host_precision)
+
+
+def _host_precision(split: Split, x, reference: dict, keys: dict, alone: dict, note: str):
+    """The sim precision analysis (:func:`precision.precision`, teacher-forced) of the host part:
+    every mismatch of the host program fed with the model's counts, classified (at a rounding
+    boundary / propagated / unexplained); the chip layers are the model's counts there."""
+    from .precision import precision
+
+    g = split.host_graph
+    model = {n: np.asarray(reference[keys[n]]).astype(np.int64) for n in g.neurons() if keys.get(n)}
+    host = set(host_neurons(split))
+    if not host <= set(model):
+        return None
+    full = {n: (np.asarray(alone[n]).astype(np.int64) if n in host else model[n]) for n in model}
+    rep = precision(g, x, model, full, calibration=note)
+    rep.layers = [lr for lr in rep.layers if lr.layer in host]
+    return rep

@@ -128,10 +128,15 @@ def test_verify_of_the_composed_system_reports_both_parts(compiled):
     assert all(r.vs_model >= 0 and r.vs_model_host_only >= 0 for r in rep.host)
     # fed with the model's own counts, the host deviates no more than fed with the chip's
     assert sum(r.vs_model_host_only for r in rep.host) <= sum(r.vs_model for r in rep.host)
+    # and every such deviation is classified by the sim precision analysis (none unexplained)
+    prec = rep.host_precision
+    assert prec.ok and {lr.layer for lr in prec.layers} == {r.layer for r in rep.host}
+    assert prec.total("mismatches") == sum(r.vs_model_host_only for r in rep.host)
     text = rep.format_table()
     assert "chip part (speck" in text and "host part" in text and "EXACT" in text
     saved = json.loads((out / "verify.json").read_text())
     assert saved["host"]["exact"] and saved["split"]["chip_until"] == rep.cut
+    assert saved["host"]["precision"]["unexplained"] == 0
 
 
 def test_cli_verify_host_rest_on_loihi(checkpoint):
