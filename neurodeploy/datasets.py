@@ -101,8 +101,22 @@ def _read_arrays(spec: ShardSpec):
     if spec.kind == "npy":
         arr = np.load(spec.path, mmap_mode="r", allow_pickle=False)
         return np.array(arr[spec.start:spec.stop]), None
-    x, y = _npz_arrays(spec.path)
+    x, y = _npz_cached(spec.path)
     return x[spec.start:spec.stop], None if y is None else y[spec.start:spec.stop]
+
+
+_LAST_NPZ: dict = {}
+
+
+def _npz_cached(path: str):
+    """The arrays of the last .npz read in this process: consecutive batches of one file read it
+    once (an .npz member cannot be memory-mapped), and only one file is held at a time."""
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if _LAST_NPZ.get("key") != key:
+        _LAST_NPZ.clear()
+        _LAST_NPZ.update(key=key, arrays=_npz_arrays(path))
+    return _LAST_NPZ["arrays"]
 
 
 def _npz_arrays(path: str):
@@ -220,9 +234,25 @@ def open_source(data, *, image_size: int = 224) -> DataSource:
 def _npz_source(description: str, files: list[str]) -> DataSource:
     entries = []
     for f in files:
-        x, _ = _npz_arrays(f)  # one shard in memory at a time
-        entries.append((f, len(x)))
+        entries.append((f, _npz_length(f)))
     return DataSource(description, "npz", entries)
+
+
+def _npz_length(path: str) -> int:
+    """Samples in an .npz, from the header of its 'x' member (nothing decompressed), with the
+    full check of :func:`_npz_arrays` when the header cannot be read that way."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z, z.open("x.npy") as member:
+            fmt = np.lib.format
+            read = fmt.read_array_header_1_0 if fmt.read_magic(member) == (1, 0) else fmt.read_array_header_2_0
+            shape, _, _ = read(member)
+        if shape and shape[0] > 0:
+            return int(shape[0])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError, AttributeError):
+        pass
+    return len(_npz_arrays(path)[0])
 
 
 def _npy_source(path: Path) -> DataSource:

@@ -107,7 +107,7 @@ def _ray_results(task, program, shards, todo, runner: Runner):
         while queue or pending:
             while queue and len(pending) < window:
                 i = queue.pop(0)
-                pending[remote.remote(task, ref, shards[i])] = i
+                pending[remote.remote(task, [ref], shards[i])] = i  # boxed: the worker resolves it once
             ready, _ = ray.wait(list(pending), num_returns=1)
             i = pending.pop(ready[0])
             yield i, _ray_get(ray, ready[0])
@@ -126,11 +126,20 @@ def _pickle_arch_files_by_value(ray) -> None:
             ray.cloudpickle.register_pickle_by_value(module)
 
 
-def _ray_task(task, program, shard):
+_PROGRAMS: dict = {}
+
+
+def _ray_task(task, program_box, shard):
+    """On a worker: the program is unpickled once per worker process (models, graphs), not per shard."""
+    import ray
     import torch
 
     torch.set_num_threads(1)  # one core per worker: N workers use N cores
-    return task(program, shard)
+    ref = program_box[0]
+    if ref.hex() not in _PROGRAMS:
+        _PROGRAMS.clear()
+        _PROGRAMS[ref.hex()] = ray.get(ref)
+    return task(_PROGRAMS[ref.hex()], shard)
 
 
 def _ray_get(ray, ref):

@@ -69,8 +69,8 @@ def merge_verify(acc, part):
         acc.precision.notes = list(dict.fromkeys(acc.precision.notes + part.precision.notes))
     names = [c.name for c in acc.checks]
     if names != [c.name for c in part.checks] or any(n not in MERGEABLE_CHECKS for n in names):
-        raise NeurodeployError(f"the checks {names} cannot be merged across batches",
-                               fix="verify in one batch (--batch-size >= the number of samples, or --limit)")
+        raise NeurodeployError(f"the checks {names} (Speck ladder, Lava run) are not per-sample sums and cannot "
+                               "be merged across data files", fix="pass the data as one .npz file")
     return acc
 
 

@@ -168,3 +168,28 @@ def test_cli_profile_streams_a_shard_folder(digits):
     shards = CliRunner().invoke(main, args + ["--data", str(root / "shards"), "--batch-size", "8"])
     assert one.exit_code == 0 and shards.exit_code == 0, shards.output
     assert json.loads(one.stdout) == json.loads(shards.stdout)
+
+
+def test_batches_of_one_npz_read_the_file_once(digits, monkeypatch):
+    import neurodeploy.datasets as datasets
+
+    root, x, _ = digits
+    reads = []
+    real = datasets._npz_arrays
+    monkeypatch.setattr(datasets, "_npz_arrays", lambda p: reads.append(p) or real(p))
+    datasets._LAST_NPZ.clear()
+    src = open_source(root / "all.npz")  # the length comes from the header of 'x'
+    got = np.concatenate([b.x for _, b in src.batches(5)])
+    np.testing.assert_array_equal(got, x.astype(np.float64))
+    assert len(reads) == 1
+
+
+def test_speck_ladder_over_several_files_is_refused_with_the_fix():
+    from neurodeploy.report_merge import merge_verify
+    from neurodeploy.verify import ExtraCheck, VerifyReport
+
+    a, b = VerifyReport(), VerifyReport()
+    a.checks = [ExtraCheck("speck_ladder", True, "")]
+    b.checks = [ExtraCheck("speck_ladder", True, "")]
+    with pytest.raises(NeurodeployError, match="one .npz file"):
+        merge_verify(a, b)
