@@ -183,6 +183,8 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
     shape = prepared.options["input_shape"]
     dataset = load_data(data, limit, input_shape=shape) if data else None
     calib, calib_note = calibration_inputs(calibration, dataset, shape)
+    if calibration_record:
+        calib_note = f"calibration record {Path(calibration_record).name}"
     split = _host_rest_split(tgt, prepared.canonical, calib) if host_rest else None
     if host_rest:
         prepared.options["host_rest"] = True
