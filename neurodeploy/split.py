@@ -84,8 +84,11 @@ def split_for_target(tgt, canonical: ir.Graph, calibration=None) -> Split | None
         return None
     cut = furthest_until(canonical, accept=lambda prefix: not tgt.check(prefix))
     if cut is None:
+        first = next((n for n in canonical.topo_order() if isinstance(canonical.nodes[n], ir.IFNeuron)), None)
+        why = ((tgt.check(prefix_graph(canonical, first)) if first else []) or tgt.check(canonical))[0]
         raise NeurodeployError(f"no prefix of the model passes the {tgt.name} design rules, so nothing can run "
-                               "on the chip", fix="use --target sim, or change the first layers")
+                               f"on the chip; the first layer alone fails: {why}",
+                               fix="use --target sim, or change the first layers")
     chip = prefix_graph(canonical, cut)
     host_graph = get_target("sim").quantize(canonical, calibration=calibration)
     part, recomputed = host_partition(host_graph, set(chip.nodes) & set(canonical.nodes))

@@ -151,3 +151,17 @@ def test_cli_verify_host_rest_on_loihi(checkpoint):
     rep = json.loads(res.output[res.output.index("{"):])
     assert rep["ok"] and rep["host"]["exact"] and rep["split"]["chip_schedule"] == "sync"
     assert rep["chip"]["exactness"]["ok"] and len(rep["host"]["layers"]) > 10
+
+
+def test_no_prefix_passes_names_the_first_layers_violation():
+    from neurodeploy.converters import from_torch
+    from neurodeploy.errors import NeurodeployError
+    from neurodeploy.passes import canonicalize
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), E.MultiSpike(),
+                                torch.nn.Conv2d(4, 4, 3, padding=1), E.MultiSpike()).eval()
+    c = canonicalize(from_torch(model, (3, 130, 130)))      # Speck's input array is <= 128x128
+    with pytest.raises(NeurodeployError) as e:
+        split_for_target(get_target("speck"), c)
+    assert "no prefix" in str(e.value) and "130x130" in str(e.value)
+    assert split_for_target(get_target("loihi"), c) is None   # Loihi takes it whole: nothing to split
