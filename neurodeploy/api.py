@@ -63,6 +63,7 @@ def prepare(model: str | Path, *, arch: str | None = None, arch_kwargs: dict | N
     from .passes import canonicalize
 
     loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
+    _refuse_time_stepped(loaded.module)
     if until is None and loaded.extras:
         until = loaded.extras.get("until")
     from_data = input_shape is None and data_shape is not None and loaded.module is not None \
@@ -83,6 +84,19 @@ def prepare(model: str | Path, *, arch: str | None = None, arch_kwargs: dict | N
     if graph.metadata.get("activation_overrides"):
         options["activation_overrides"] = graph.metadata["activation_overrides"]
     return Prepared(loaded, graph, canonical_with_cut(graph) if fold else None, options)
+
+
+def _refuse_time_stepped(module) -> None:
+    """A model with LIF / IF neuron modules is time-stepped: say so, instead of a tracing error."""
+    from .converters.neurons import is_neuron_module
+
+    found = [(p, type(m).__name__) for p, m in module.named_modules() if is_neuron_module(m)] \
+        if hasattr(module, "named_modules") else []
+    if found:
+        path, name = found[0]
+        raise NeurodeployError(f"the model is a time-stepped SNN ({name} at '{path or 'model'}', {len(found)} neuron "
+                               "module(s)); it needs a time axis", fix="pass --timesteps T and --input-layout "
+                               "(static | NT | TN | N*T: how its forward takes the input)")
 
 
 def canonical_with_cut(graph: ir.Graph) -> ir.Graph:

@@ -19,6 +19,8 @@ import click
 from . import __version__
 from .limits import MAX_SPIKE_BUDGET
 from .errors import NeurodeployError
+from . import cli_timestepped
+from .cli_timestepped import timestepped_options
 from .engine.cli import check_artifacts, manifest_option, route_cmd, simulate_cmd
 from .targets import TARGET_NAMES
 
@@ -271,6 +273,7 @@ def _speck_bias_options(target: str, kw: dict) -> dict:
 
 @main.command("compile")
 @model_options
+@timestepped_options
 @click.option("--target", "-t", type=click.Choice(TARGET_NAMES), default="sim", show_default=True)
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder. Built aside and put in place only when every step (--verify included) "
@@ -306,6 +309,11 @@ def compile_cmd(target, out_dir, force, data, calibration, calibration_record, v
 
     if verify and not data:
         raise click.UsageError("--verify needs --data")
+    ts = cli_timestepped.pop_options(kw)
+    if ts:
+        return cli_timestepped.compile_cmd(ts, kw, target=target, out_dir=out_dir, force=force, data=data,
+                                           calibration=calibration, verify=verify, profile=profile, limit=limit,
+                                           energy=_energy(e_mac, e_ac))
     target_options = {"core_map": core_map} if core_map else {}
     target_options.update(_speck_bias_options(target, kw))
     target_options.update(_speck_barrier_options(target, kw))
@@ -407,6 +415,7 @@ def study_cmd(bits, calibration, data, limit, as_json, **kw):
 
 @main.command("verify")
 @model_options
+@timestepped_options
 @click.option("--data", required=True, help=DATA_HELP)
 @click.option("--target", "-t", type=click.Choice(TARGET_NAMES), default="sim", show_default=True)
 @click.option("--schedule", "schedules", multiple=True, type=click.Choice(["sync", "streaming", "speck"]),
@@ -444,6 +453,10 @@ def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, ca
     """
     from . import api
 
+    ts = cli_timestepped.pop_options(kw)
+    if ts:
+        return cli_timestepped.verify_cmd(ts, kw, data=data, target=target, runtime=runtime, limit=limit,
+                                          calibration=calibration, as_json=as_json)
     target_options = _speck_bias_options(target, kw)
     target_options.update(_speck_barrier_options(target, kw))
     batch_size, runner = _dataset_options(kw)
@@ -468,6 +481,7 @@ def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, ca
 
 @main.command("profile")
 @model_options
+@timestepped_options
 @click.option("--data", required=True, help=DATA_HELP)
 @click.option("--target", "-t", type=click.Choice(TARGET_NAMES), default="sim", show_default=True)
 @click.option("--limit", type=LIMIT)
@@ -482,6 +496,9 @@ def profile_cmd(data, target, limit, fmt, plot, e_mac, e_ac, calibration, **kw):
     """Per-layer neurons, synapses, SynOps, MACs, firing rates and energy."""
     from . import api
 
+    ts = cli_timestepped.pop_options(kw)
+    if ts:
+        return cli_timestepped.profile_cmd(ts, kw, data=data, limit=limit, fmt=fmt, plot=plot, energy=_energy(e_mac, e_ac))
     batch_size, runner = _dataset_options(kw)
     report = api.profile(kw.pop("model"), data=data, target=target, limit=limit, energy=_energy(e_mac, e_ac),
                          calibration=calibration, batch_size=batch_size, runner=runner, **_load_options(kw))
@@ -493,11 +510,15 @@ def profile_cmd(data, target, limit, fmt, plot, e_mac, e_ac, calibration, **kw):
 
 @main.command("inspect")
 @model_options
+@timestepped_options
 @click.option("--canonical", is_flag=True, help="Show the graph after BN/pool/norm folding.")
 def inspect_cmd(canonical, **kw):
     """Print the IR graph neurodeploy makes of MODEL (what was recognised, with shapes)."""
     from . import api
 
+    ts = cli_timestepped.pop_options(kw)
+    if ts:
+        return cli_timestepped.inspect_cmd(ts, kw)
     prepared = api.prepare(kw.pop("model"), fold=canonical, **_load_options(kw))
     click.echo((prepared.canonical if canonical else prepared.graph).summary())
 

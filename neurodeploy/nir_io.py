@@ -561,7 +561,8 @@ def _node_from_nir(name: str, nn, meta: dict, in_shape: tuple | None, default_ma
         raise UnsupportedOpError(
             f"NIR node is {what}, a time-stepped neuron; without a time axis neurodeploy reads only SFA IF "
             "neurons", layer=name,
-            fix="import it as a time-stepped SNN in Python: neurodeploy.nir_io.from_nir(path, timesteps=T)")
+            fix="read it as a time-stepped SNN: --timesteps T on the command line, "
+                "neurodeploy.nir_io.from_nir(path, timesteps=T) in Python")
     if tname in _LEAKY:
         tau = getattr(nn, "tau", getattr(nn, "tau_mem", None))
         raise UnsupportedOpError(
@@ -700,10 +701,15 @@ def from_nir(obj_or_path, *, default_max_spikes: int = 1, timesteps: int | None 
         if not path.is_file():
             raise LoadError(f"NIR file {path} does not exist")
         try:
-            ng = nir.read(path)
+            # sinabs.to_nir types a time-stepped input [T, ...] but its first layer [...]: NIR's own
+            # type check refuses what sinabs.from_nir reads; the time axis is dropped below
+            ng = nir.read(path, type_check=timesteps is None)
         except Exception as e:  # corrupt / not HDF5 / unknown node type
-            raise LoadError(f"cannot read NIR file {path}: {type(e).__name__}: {e}",
-                            fix="check that the file was written by nir.write (NIR 1.0 HDF5)") from e
+            fix = "check that the file was written by nir.write (NIR 1.0 HDF5)"
+            if "Type inference" in str(e):
+                fix = ("a time-stepped SNN from sinabs.to_nir types its input [T, ...]: read it with --timesteps T "
+                       "(from_nir(path, timesteps=T)); otherwise " + fix)
+            raise LoadError(f"cannot read NIR file {path}: {type(e).__name__}: {e}", fix=fix) from e
     else:
         ng = obj_or_path
     if not isinstance(ng, nir.NIRGraph):

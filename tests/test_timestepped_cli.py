@@ -1,0 +1,165 @@
+"""`neurodeploy compile|verify|profile|inspect --timesteps T` on time-stepped SNNs (issue 10):
+a real snnTorch checkpoint + --arch, and a real sinabs.to_nir file, through the CLI in-process."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from neurodeploy.artifacts import sha256_file
+from neurodeploy.cli import main
+
+snn = pytest.importorskip("snntorch")
+sinabs = pytest.importorskip("sinabs")
+
+T = 6
+ARCH = '''
+import torch
+from torch import nn
+import snntorch as snn
+
+
+class Net(nn.Module):
+    def __init__(self, steps=6):
+        super().__init__()
+        self.steps = steps
+        self.fc1 = nn.Linear(12, 16)
+        self.lif1 = snn.Leaky(beta=0.9, init_hidden=True)
+        self.fc2 = nn.Linear(16, 4)
+        self.lif2 = snn.Leaky(beta=0.8, init_hidden=True, reset_mechanism="zero")
+
+    def forward(self, x):
+        return torch.stack([self.lif2(self.fc2(self.lif1(self.fc1(x)))) for _ in range(self.steps)], 1)
+
+
+def build_model(steps=6):
+    return Net(steps)
+'''
+
+
+@pytest.fixture(scope="module")
+def snntorch_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ts_cli")
+    (d / "arch.py").write_text(ARCH)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ts_cli_arch", d / "arch.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    net = mod.build_model()
+    with torch.no_grad():
+        net.fc1.weight.mul_(3.0)
+        net.fc2.weight.mul_(3.0)
+    torch.save(net.state_dict(), d / "net.pt")
+    x = (np.random.default_rng(1).random((16, 12)) * 2).astype(np.float32)
+    np.savez(d / "x.npz", x=x)
+    return d, net, x
+
+
+def _args(d, *extra):
+    return [str(d / "net.pt"), "--arch", f"{d / 'arch.py'}:build_model", "--input-shape", "12", *extra]
+
+
+def run(args, code=0):
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == code, res.output
+    return res.output
+
+
+def test_verify_sim_compares_spike_trains_with_the_model(snntorch_files):
+    d, net, x = snntorch_files
+    out = run(["verify", *_args(d, "--timesteps", str(T), "--input-layout", "static", "--data", str(d / "x.npz"),
+                                "--json")])
+    rep = json.loads(out)
+    with torch.no_grad():  # the model's own spike counts, computed here independently
+        net.lif1.reset_hidden()
+        net.lif2.reset_hidden()
+        spk2 = net(torch.as_tensor(x))
+    assert rep["ok"] and rep["conversion"]["first_divergence"] is None
+    assert rep["conversion"]["layers"]["lif2"]["spikes_model"] == int(spk2.sum()) > 0
+    assert rep["conversion"]["layers"]["lif1"]["train_mismatches"] == 0
+
+
+def test_verify_loihi_reports_conversion_and_precision(snntorch_files):
+    d, _, _ = snntorch_files
+    out = run(["verify", *_args(d, "--timesteps", str(T), "--input-layout", "static", "--data", str(d / "x.npz"),
+                                "-t", "loihi")])
+    assert "spike trains identical at every step" in out
+    assert "precision (loihi integer program vs model forward" in out and "neuron-steps agreeing" in out
+
+
+def test_compile_loihi_writes_lava_program_profile_and_manifest(snntorch_files):
+    d, _, _ = snntorch_files
+    out_dir = d / "out_loihi"
+    out = run(["compile", *_args(d, "--timesteps", str(T), "--input-layout", "static", "--data", str(d / "x.npz"),
+                                 "-t", "loihi", "-o", str(out_dir), "--verify")])
+    assert "compiled time-stepped model (T = 6) for 'loihi'" in out
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    for name in ("graph.ir.npz", "network.nir", "loihi_lif.json", "loihi_lif.npz", "profile_timestepped.json",
+                 "profile_timestepped.png", "verify.json"):
+        assert manifest["artefacts"][name] == sha256_file(out_dir / name)
+    desc = json.loads((out_dir / "loihi_lif.json").read_text())
+    assert [L["process_model"].split()[0] for L in desc["layers"]] == ["neurodeploy", "lava"]  # subtract / zero
+    with np.load(out_dir / "loihi_lif.npz") as f:
+        assert f["layer0_weight"].shape == (16, 12) and np.all(f["layer0_weight"] % 2 == 0)
+    prof = json.loads((out_dir / "profile_timestepped.json").read_text())
+    assert prof["timesteps"] == T and len(prof["per_step"]) == T
+    assert manifest["options"]["timesteps"] == T and manifest["options"]["input_layout"] == "static"
+
+
+def test_profile_csv_and_inspect(snntorch_files, tmp_path):
+    d, _, _ = snntorch_files
+    out = run(["profile", *_args(d, "--timesteps", str(T), "--input-layout", "static", "--data", str(d / "x.npz"),
+                                 "--format", "csv", "--plot", str(tmp_path / "p.png"))])
+    rows = [r for r in out.strip().splitlines() if not r.startswith("plot written")]
+    assert rows[0] == "step,synops,macs,spikes,energy_pj" and len(rows) == T + 2 and rows[-1].startswith("all,")
+    assert (tmp_path / "p.png").stat().st_size > 0
+    out = run(["inspect", *_args(d, "--timesteps", str(T), "--input-layout", "static")])
+    assert "T = 6" in out and "LIFNeuron" in out
+
+
+@pytest.mark.parametrize("extra, text", [
+    ((), "is a time-stepped SNN (Leaky at 'lif1'"),
+    (("--timesteps", "6"), "needs --input-layout"),
+    (("--timesteps", "4", "--input-layout", "static"), "did not call its layers 4 times"),
+])
+def test_missing_or_wrong_time_options_are_refused(snntorch_files, extra, text):
+    d, _, _ = snntorch_files
+    out = run(["verify", *_args(d, "--data", str(d / "x.npz"), *extra)], code=2)
+    assert text in out and "fix:" in out
+
+
+def test_input_layout_without_timesteps_is_a_usage_error(snntorch_files):
+    d, _, _ = snntorch_files
+    out = run(["inspect", *_args(d, "--input-layout", "NT")], code=2)
+    assert "pass --timesteps T" in out
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_sinabs_to_nir_file_compiles_for_speck(tmp_path):
+    import nir
+    import sinabs.layers as sl
+
+    torch.manual_seed(3)
+    N, steps = 5, 4
+    net = torch.nn.Sequential(torch.nn.Linear(12, 20), sl.IAF(), torch.nn.Linear(20, 6), sl.IAF())
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(3.0)
+    x = (torch.rand(N, steps, 12) * 2).round()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net(x)  # sinabs.to_nir reads the state shapes
+        nir.write(tmp_path / "iaf.nir", sinabs.to_nir(net, x))
+    np.savez(tmp_path / "x.npz", x=x.numpy())
+    out_dir = tmp_path / "out"
+    out = run(["compile", str(tmp_path / "iaf.nir"), "--timesteps", str(steps), "--data", str(tmp_path / "x.npz"),
+               "-t", "speck", "-o", str(out_dir), "--verify"])
+    assert "for 'speck'" in out and "precision (speck integer program" in out
+    assert (out_dir / "speck_config.json").is_file() and (out_dir / "network.nir").is_file()
+    out = run(["verify", str(tmp_path / "iaf.nir"), "--data", str(tmp_path / "x.npz")], code=2)
+    assert "--timesteps T" in out
