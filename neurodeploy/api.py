@@ -163,6 +163,7 @@ class CompileResult:
     calibration_note: str = ""
     written: bool = False  # False when verification failed: out_dir was left as it was
     split_note: str = ""  # --host-rest: what runs on the chip and what on the host
+    calibration_effect: Any = None  # counts equal to the model before/after calibration, on --data
 
 
 def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data: str | Path | None = None,
@@ -205,6 +206,7 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
     chip = split.chip if split else prepared.canonical
     _check(tgt, chip, calib, None if dataset is None else dataset.x)
     quantized = tgt.quantize(chip, calibration=calib, **target_options)
+    uncalibrated = quantized
     quantized = _calibration_stage(target, chip, quantized, calibration, calib,
                                    calibration_record, target_options)
     mapping = tgt.map(quantized, **target_options)
@@ -233,6 +235,12 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
             art.path("profile.json").write_text(result.profile.format("json"))
             art.path("profile.csv").write_text(result.profile.format("csv"))
             result.profile.plot(art.path("profile.png"))
+        if dataset is not None and quantized is not uncalibrated:  # before/after on the held-out --data
+            result.calibration_effect = calibration_effect(uncalibrated, quantized, dataset, calibration, data,
+                                                           record=calibration_record)
+            write_json(art.path("calibration_effect.json"), result.calibration_effect.to_dict())
+            if result.calibration_effect.rows:
+                result.calibration_effect.plot(art.path("calibration.png"))
         if dataset is not None and verify and split:
             from .split import verify_split
             result.verify = verify_split(prepared, split, quantized, dataset, art.tmp, calibration_note=calib_note)
@@ -501,12 +509,15 @@ def verify(model: str | Path, *, data: str | Path, target: str = "sim", limit: i
     return report
 
 
-def calibration_effect(before, after, dataset: Dataset, calibration, data):
-    """Before/after table of a calibration on ``dataset`` (never on the calibration data itself)."""
+def calibration_effect(before, after, dataset: Dataset, calibration, data, record=None):
+    """Before/after table of a calibration on ``dataset`` (never on the calibration data itself:
+    the ``calibration`` file's or the ``record``'s data sha256 must differ from ``data``'s)."""
     from .calibration.effect import CalibrationEffect, measure
+    from .calibration.record import read_record
 
     name = f"{Path(str(data)).name} ({len(dataset.x)} samples)"
-    if Path(str(data)).is_file() and sha256_file(data) == sha256_file(calibration):
+    calib_sha = read_record(record).get("data_sha256") if record else sha256_file(calibration)
+    if Path(str(data)).is_file() and sha256_file(data) == calib_sha:
         return CalibrationEffect(name, note="--data is the --calibration file: no held-out data to measure on")
     return measure(before, after, dataset.x, name)
 

@@ -332,6 +332,8 @@ def compile_cmd(target, out_dir, force, data, calibration, calibration_record, v
     if res.profile is not None:
         click.echo("\nprofile (per sample, layer-synchronous):")
         click.echo(res.profile.format("table"))
+    if res.calibration_effect is not None:
+        click.echo("\n" + res.calibration_effect.table())
     if res.verify is not None:
         click.echo("\nverify:")
         click.echo(res.verify.format_table())

@@ -177,10 +177,16 @@ def test_cli_calibrate_then_compile_with_the_record(tmp_path):
     assert data["target"] == "loihi" and len(data["layers"]) == 4 and data["data_samples"] == 64
     out = tmp_path / "o"
     r = CliRunner().invoke(main, ["compile", *model, "-t", "loihi", "--calibration-record", str(rec),
-                                  "--no-profile", "-o", str(out)])
+                                  "--data", str(EX / "digits_test.npz"), "--limit", "8", "--no-profile",
+                                  "-o", str(out)])
     assert r.exit_code == 0, r.output
+    assert "scales from calibration record rec.json" in r.output and "before -> after calibration" in r.output
     calib = json.loads((out / "loihi.json").read_text())["quantization"]["calibration"]
     assert calib["source"].startswith("record rec.json")
+    effect = json.loads((out / "calibration_effect.json").read_text())
+    assert [lr["layer"] for lr in effect["layers"]][-1] == "encoder.spike_out" and not effect["note"]
+    assert (out / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+    assert {"calibration.png", "calibration_effect.json"} <= set(json.loads((out / "manifest.json").read_text())["artefacts"])
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**data, "target": "speck"}))
     r = CliRunner().invoke(main, ["compile", *model, "-t", "loihi", "--calibration-record", str(bad),
