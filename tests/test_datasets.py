@@ -193,3 +193,34 @@ def test_speck_ladder_over_several_files_is_refused_with_the_fix():
     b.checks = [ExtraCheck("speck_ladder", True, "")]
     with pytest.raises(NeurodeployError, match="one .npz file"):
         merge_verify(a, b)
+
+
+def test_cli_workers_without_ray_exit_2_naming_the_extra(digits, monkeypatch):
+    from click.testing import CliRunner
+
+    from neurodeploy.cli import main
+
+    root, _, _ = digits
+    monkeypatch.setitem(sys.modules, "ray", None)
+    res = CliRunner().invoke(main, ["verify", MODEL, "--arch", ARCH, "--data", str(root / "all.npz"), "--workers", "2"])
+    assert res.exit_code == 2
+    assert "neurodeploy[ray]" in res.output and "Traceback" not in res.output
+
+
+def test_image_folder_profile_equals_the_transformed_arrays(tmp_path):
+    import torch
+
+    from benchmarks.nets import LargeConvNet
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.jpg")
+    model = tmp_path / "net.pt"
+    torch.save(LargeConvNet(width=4).state_dict(), model)
+    opts = dict(arch="benchmarks/nets.py:LargeConvNet", arch_kwargs={"width": 4}, input_shape=(3, 64, 64))
+    x = np.stack([eval_transform(Image.open(tmp_path / "imgs" / f"{i}.jpg"), 64) for i in range(3)])
+    np.savez(tmp_path / "x.npz", x=x)
+    folder = api.profile(str(model), data=str(tmp_path / "imgs"), batch_size=2, **opts)
+    arrays = api.profile(str(model), data=str(tmp_path / "x.npz"), **opts)
+    assert folder.n_samples == 3 and folder.format("json") == arrays.format("json")
