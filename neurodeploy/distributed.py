@@ -65,6 +65,10 @@ def run_shards(task, program, shards, merge, *, runner: Runner | None = None, pr
                 results[i] = hit
             else:
                 todo.append(i)
+        if results and runner.progress:
+            import sys
+
+            print(f"resume: {len(results)} of {len(shards)} shards already in {runner.cache_dir}", file=sys.stderr)
         done_iter = _ray_results(task, program, shards, todo, runner) if runner.uses_ray else \
             ((i, task(program, shards[i])) for i in todo)
         next_i = 0
