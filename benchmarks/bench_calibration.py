@@ -6,7 +6,8 @@ the calibration never saw.
   the features, is in ``neurodeploy verify --calibration``'s output);
 * the 3x64x64 benchmark net (benchmarks/nets.py LargeConvNet, random weights) on loihi: calibrated
   on 64 random 8-bit images, measured on 64 others, with the class agreement of its 10 outputs;
-* the weight-bit study (sim) on digits_chain: final-layer agreement vs N.
+* the weight-bit study (sim) on digits_chain: final-layer agreement vs N;
+* the E-SpikeFormer-style test model (conv stages, sim: residual sums share one scale): 8 bits.
 
 Run: python benchmarks/bench_calibration.py [--skip-large] [--bits 4 6 8 10 12]
 """
@@ -68,6 +69,7 @@ def run(name, mod, canonical, xc, xt, data_name, classifier: bool = False, **opt
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--skip-espikeformer", action="store_true")
     ap.add_argument("--bits", type=int, nargs="*", default=[4, 6, 8, 10, 12])
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -87,6 +89,30 @@ def main() -> None:
         g = canonicalize(to_graph(LargeConvNet()))
         run("3x64x64 bench net (LargeConvNet), loihi", loihi_cal, g, image_input(64, 0), image_input(64, 1),
             "64 held-out random images", classifier=True)
+    if not args.skip_espikeformer:
+        espikeformer_study()
+
+
+def espikeformer_study() -> None:
+    """The E-SpikeFormer-style test model (tiny widths, conv stages: attention=False, 3x64x64, random
+    weights): sim only (residual sums), so the 8-bit weight study, every neuron layer listed."""
+    import tempfile
+
+    sys.path.insert(0, str(EX))
+    import espikeformer as E
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "esf.pt"
+        torch.save({"model": E.build_tiny_model(attention=False).state_dict()}, path)
+        p = api.prepare(path, arch=f"{EX / 'espikeformer.py'}:build_tiny_model", arch_kwargs={"attention": False},
+                        input_shape=(3, 64, 64))
+    xc, xt = E.random_images(32, 64, seed=0), E.random_images(32, 64, seed=1)
+    rows = study(p.canonical, xc, xt, [8], "32 held-out random images")
+    print()
+    print(study_table(rows, "32 held-out random images (E-SpikeFormer-style, conv stages, sim)"))
+    lay = rows[0].layers
+    print(f"  all {len(lay)} neuron layers, before -> after: "
+          + ", ".join(f"{r['pct_before']:.1f}->{r['pct_after']:.1f}" for r in lay))
 
 
 if __name__ == "__main__":

@@ -295,3 +295,28 @@ def test_cli_study_refuses_the_calibration_file_as_data(tmp_path):
     r = CliRunner().invoke(main, ["study", *model, "--weight-bits", "6", "--calibration", str(EX / "digits_calib.npz"),
                                   "--data", str(EX / "digits_calib.npz")])
     assert r.exit_code == 2 and "held-out data" in r.output
+
+
+def test_weight_bit_study_gives_a_residual_sum_one_scale():
+    from neurodeploy.calibration.study import quantize_weight_bits
+
+    rng = np.random.default_rng(0)
+    g = ir.Graph()
+    g.add("input", ir.Input(input_shape=(6,)))
+    g.add("fc1", ir.Linear(weight=rng.normal(0, 1, (8, 6)), bias=rng.normal(0, 0.1, 8)), "input")
+    g.add("if1", ir.IFNeuron(threshold=1.0, max_spikes=4), "fc1")
+    g.add("fc2", ir.Linear(weight=rng.normal(0, 1, (5, 8)), bias=None), "if1")
+    g.add("fc3", ir.Linear(weight=rng.normal(0, 0.2, (5, 8)), bias=rng.normal(0, 0.1, 5)), "if1")
+    g.add("sum", ir.Add(), ["fc2", "fc3"])
+    g.add("if2", ir.IFNeuron(threshold=1.0, max_spikes=4), "sum")
+    g.add("output", ir.Output(), "if2")
+    ir.infer_shapes(g)
+    q = quantize_weight_bits(g, inputs(16, (6,), 0), 6)
+    rep = q.metadata["quantization"]["layers"]
+    assert rep["fc2"]["scale"] == rep["fc3"]["scale"]
+    assert np.abs(q.nodes["fc2"].weight_q).max() == 31 and np.abs(q.nodes["fc3"].weight_q).max() < 31
+    x = inputs(32, (6,), 1)
+    c1 = ops.evaluate(q, x, quantized=True)["if1"].numpy()
+    cur = c1 @ q.nodes["fc2"].weight_q.T + c1 @ q.nodes["fc3"].weight_q.T + q.nodes["fc3"].bias_q
+    n = np.clip(np.floor_divide(cur + q.nodes["if2"].v_init_q, q.nodes["if2"].threshold_q), 0, 4)
+    assert np.array_equal(n, ops.evaluate(q, x, quantized=True)["if2"].numpy())

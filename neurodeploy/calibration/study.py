@@ -22,7 +22,7 @@ from . import dyadic_bits, input_peak
 from .effect import measure
 from .layerwise import Rules, calibrate_graph
 
-_PASS = (ir.SumPool2d, ir.Flatten, ir.Reshape, ir.Output)
+_PASS = (ir.SumPool2d, ir.Flatten, ir.Reshape, ir.Output)  # values pass with their scale
 
 
 def _input_scale(x) -> float:
@@ -34,39 +34,85 @@ def _input_scale(x) -> float:
     return qmax / peak
 
 
+def _current_groups(g: ir.Graph) -> dict[str, str]:
+    """Nodes whose integer currents must share one scale (the inputs of a residual Add, and what
+    passes through unchanged), as {node: representative}; neurons and the input start their own."""
+    parent: dict[str, str] = {}
+
+    def find(n):
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for name in g.topo_order():
+        node, ins = g.nodes[name], g.inputs_of(name)
+        parent[name] = name
+        if isinstance(node, _PASS) or isinstance(node, ir.Add):
+            for i in ins:
+                parent[find(i)] = find(name)
+        elif not isinstance(node, (ir.Input, ir.IFNeuron) + ir.WEIGHT_NODES):
+            raise NeurodeployError(f"the weight-bit study handles weight layers, IF neurons, residual sums, "
+                                   f"sum-pools, flattens and reshapes, not {node.kind}", layer=name,
+                                   fix="study the part before it (--until)")
+    return {n: find(n) for n in parent}
+
+
 def quantize_weight_bits(graph: ir.Graph, x, bits: int) -> ir.Graph:
-    """N-bit integer copy of a canonical graph (see the module docstring)."""
+    """N-bit integer copy of a canonical graph (see the module docstring). Weight layers whose
+    currents are summed (residual streams) share the scale their largest weight allows."""
     if not 2 <= bits <= 16:
         raise NeurodeployError(f"--weight-bits {bits} is outside 2..16", fix="choose 2 to 16 bits")
     g = graph.copy()
     ir.infer_shapes(g)
     M = 2 ** (bits - 1) - 1
+    group = _current_groups(g)
+    members: dict[str, list[str]] = {}
+    for n, r in group.items():
+        members.setdefault(r, []).append(n)
     scale: dict[str, float] = {}
+
+    def value_scale(name: str) -> float:  # integer units per real unit of a node's value
+        if name in scale:
+            return scale[name]
+        node = g.nodes[name]
+        if isinstance(node, ir.Input):
+            node.scale_q = 1 if node.is_spikes else _input_scale(x)
+            S = float(node.scale_q)
+        elif isinstance(node, ir.IFNeuron):
+            S = 1.0
+        else:
+            weights = [m for m in members[group[name]] if isinstance(g.nodes[m], ir.WEIGHT_NODES)]
+            fixed = [m for m in members[group[name]] if isinstance(g.nodes[m], (ir.Input, ir.IFNeuron))]
+            if fixed and not weights:  # counts or the input passing on (flatten, pool, output)
+                fixed_scales = {value_scale(m) for m in fixed}
+                if len(fixed_scales) == 1:
+                    scale[name] = fixed_scales.pop()
+                    return scale[name]
+            if fixed or not weights:
+                raise NeurodeployError("a residual sum mixes a weight layer's current with spike counts or the "
+                                       "input: no single integer scale", layer=name, fix="study the part before it")
+            S = min(M / max(float(np.abs(np.asarray(g.nodes[m].weight)).max()), 1e-300)
+                    * value_scale(g.inputs_of(m)[0]) for m in weights)
+            for m in members[group[name]]:
+                scale[m] = S
+        scale[name] = S
+        return S
+
     layers: dict[str, dict] = {}
     for name in g.topo_order():
         node = g.nodes[name]
-        ins = [scale[i] for i in g.inputs_of(name)]
-        if isinstance(node, ir.Input):
-            node.scale_q = 1 if node.is_spikes else _input_scale(x)
-            scale[name] = float(node.scale_q)
-        elif isinstance(node, ir.IFNeuron):
-            S = ins[0]
+        if isinstance(node, ir.IFNeuron):
+            S = value_scale(g.inputs_of(name)[0])
             node.threshold_q = max(1, int(round(node.threshold * S)))
             node.v_init_q = int(round(node.v_init * S))
-            scale[name] = 1.0
         elif isinstance(node, ir.WEIGHT_NODES):
+            S, d = value_scale(name), value_scale(g.inputs_of(name)[0])
             W = np.asarray(node.weight, dtype=np.float64)
-            s = M / max(float(np.abs(W).max()), 1e-300)
-            node.weight_q = np.rint(W * s).astype(np.int64)
-            node.bias_q = None if node.bias is None else np.rint(np.asarray(node.bias) * s * ins[0]).astype(np.int64)
-            scale[name] = s * ins[0]
-            layers[name] = {"weight_scale": s, "scale": scale[name]}
-        elif isinstance(node, _PASS) or (isinstance(node, ir.Add) and len(set(ins)) == 1):
-            scale[name] = ins[0]
-        else:
-            raise NeurodeployError(f"the weight-bit study handles chains of weight layers, IF neurons, sum-pools "
-                                   f"and flattens, not {node.kind}", layer=name,
-                                   fix="study the part before it (--until)")
+            node.weight_q = np.rint(W * S / d).astype(np.int64)
+            node.bias_q = None if node.bias is None else np.rint(np.asarray(node.bias) * S).astype(np.int64)
+            layers[name] = {"weight_scale": S / d, "scale": S}
+        value_scale(name)
     g.metadata["quantization"] = {"target": "study", "weight_bits": bits, "layers": layers}
     return g
 
