@@ -38,6 +38,7 @@ class TimeSteppedModel:
     source_format: str
     sha256: str
     options: dict = field(default_factory=dict)
+    probe: dict | None = None   # a checkpoint's linear probe {'weight', 'bias'} on the output spike counts
 
 
 def _check_timesteps(timesteps) -> int:
@@ -120,9 +121,11 @@ def load_timestepped(model, *, timesteps, input_layout: str | None = None, arch:
         raise NeurodeployError(f"with --input-layout static the forward loops over the steps itself, but it did not "
                                f"call its layers {T} times", fix="pass --timesteps equal to the number of steps the "
                                "model's forward runs (or the layout its forward takes)")
+    probe = (loaded.extras or {}).get("probe")
     return TimeSteppedModel(g, loaded.module, input_layout, loaded.format, loaded.sha256,
                             {"timesteps": T, "input_layout": input_layout, "arch": arch,
-                             "arch_kwargs": arch_kwargs or {}, "input_shape": list(shape)})
+                             "arch_kwargs": arch_kwargs or {}, "input_shape": list(shape)},
+                            probe if isinstance(probe, dict) and {"weight", "bias"} <= set(probe) else None)
 
 
 def _data(data, limit, T: int, shape) -> tuple[np.ndarray, np.ndarray | None]:
@@ -134,9 +137,22 @@ def _raw_x(data, limit):
     return None if data is None else np.asarray(load_data(data, limit).x, dtype=np.float64)
 
 
+def _labels(data, limit):
+    return None if data is None else load_data(data, limit).y
+
+
 def _shape(m: TimeSteppedModel) -> tuple:
-    g = m.graph
-    return tuple(g.nodes[g.input_names()[0]].input_shape)
+    """Per-sample shape of the data (the model's input; the graph's may be flattened)."""
+    return tuple(m.options.get("input_shape") or _graph_shape(m.graph))
+
+
+def _gx(m: TimeSteppedModel, x: np.ndarray) -> np.ndarray:
+    """Data ``x`` (model shape) as the graph's input (a leading Flatten is not a graph node)."""
+    shape, gshape = _shape(m), _graph_shape(m.graph)
+    if shape == gshape:
+        return x
+    lead = x.shape[:x.ndim - len(shape)]
+    return x.reshape(tuple(lead) + gshape)
 
 
 def _check_target(target: str) -> None:
@@ -154,7 +170,7 @@ def reference_trains(m: TimeSteppedModel, x: np.ndarray) -> tuple[dict, str]:
 
     T = ir.timesteps(m.graph)
     if m.module is None:
-        sim = simulate_timestepped(m.graph, torch.as_tensor(x, dtype=torch.float64))
+        sim = simulate_timestepped(m.graph, torch.as_tensor(_gx(m, x), dtype=torch.float64))
         return {n: a.astype(np.float64) for n, a in sim.trains.items()}, "NIR graph (float64)"
     from .converters.neurons import model_spike_trains
 
@@ -216,6 +232,7 @@ class TimeSteppedVerify:
     precision: dict | None      # the target's integer program vs the model (loihi / speck)
     lava: dict | None = None    # loihi --runtime lava: simulator vs Lava fixed_pt
     reference: str = "model forward"
+    end_task: dict | None = None  # the checkpoint's probe on the output spike counts: accuracy per side
 
     def ok(self) -> bool:
         first = self.conversion.get("first_divergence")
@@ -225,7 +242,7 @@ class TimeSteppedVerify:
 
     def to_dict(self) -> dict:
         return {"target": self.target, "reference": self.reference, "conversion": self.conversion,
-                "precision": self.precision, "lava": self.lava, "ok": self.ok()}
+                "precision": self.precision, "lava": self.lava, "end_task": self.end_task, "ok": self.ok()}
 
     def format_table(self) -> str:
         from .verify_timestepped import format_report
@@ -247,17 +264,36 @@ class TimeSteppedVerify:
             lines.append(f"Lava fixed_pt vs neurodeploy Loihi simulator: {'EXACT' if self.lava['exact'] else 'MISMATCH'}"
                          f" ({self.lava['mismatches']} spike-time mismatches over {self.lava['neuron_steps']} "
                          "neuron-steps)")
+        if self.end_task is not None:
+            lines.append("end task (the checkpoint's linear probe on the output spike counts over T): accuracy "
+                         + ", ".join(f"{k} {100 * v:.2f} %" for k, v in self.end_task.items()))
         lines.append("OK" if self.ok() else "FAILED: a conversion divergence or a Lava mismatch (see above)")
         return "\n".join(lines)
 
 
+def probe_accuracy(probe: dict, trains: np.ndarray, y) -> float:
+    counts = np.asarray(trains, dtype=np.float64).sum(1).reshape(len(y), -1)
+    w, b = (np.asarray(probe[k], dtype=np.float64) for k in ("weight", "bias"))
+    return float(np.mean(np.argmax(counts @ w.T + b, 1) == np.asarray(y)))
+
+
+def _end_task(m: TimeSteppedModel, rep: TimeSteppedVerify, x, y, ours: dict | None) -> None:
+    if m.probe is None or y is None:
+        return
+    last = m.graph.of_type(ir.LIFNeuron)[-1]
+    ref, _ = reference_trains(m, x)
+    rep.end_task = {"model": probe_accuracy(m.probe, ref[last], y)}
+    if ours is not None:
+        rep.end_task[rep.target] = probe_accuracy(m.probe, ours[last], y)
+
+
 def verify_model(m: TimeSteppedModel, x: np.ndarray, *, target: str = "sim", x_calib=None,
-                 runtime: str = "sim") -> TimeSteppedVerify:
+                 runtime: str = "sim", y=None) -> TimeSteppedVerify:
     from .verify_timestepped import verify_timestepped
 
     _check_target(target)
     if m.module is not None:
-        conv = verify_timestepped(m.module, m.graph, x, model_input=model_input(x, ir.timesteps(m.graph), m.layout,
+        conv = verify_timestepped(m.module, m.graph, _gx(m, x), model_input=model_input(x, ir.timesteps(m.graph), m.layout,
                                                                                 _shape(m)))
         ref, what = None, "model forward"
     else:
@@ -269,10 +305,11 @@ def verify_model(m: TimeSteppedModel, x: np.ndarray, *, target: str = "sim", x_c
                                           for n, a in ref.items()}}
     rep = TimeSteppedVerify(target, conv, None, reference=what)
     if target == "sim":
+        _end_task(m, rep, x, y, None)
         return rep
     if ref is None:
         ref, _ = reference_trains(m, x)
-    ours, info = target_trains(target, m.graph, x, x if x_calib is None else x_calib)
+    ours, info = target_trains(target, m.graph, _gx(m, x), _gx(m, x if x_calib is None else x_calib))
     rep.precision = agreement(ours, ref)
     if target == "loihi" and runtime == "lava":
         from .targets.loihi.lif import run_lif_lava
@@ -280,6 +317,7 @@ def verify_model(m: TimeSteppedModel, x: np.ndarray, *, target: str = "sim", x_c
         lava = run_lif_lava(info["program"], info["x_int"])
         bad = sum(int((ours[n] != lava[n]).sum()) for n in ours)
         rep.lava = {"exact": bad == 0, "mismatches": bad, "neuron_steps": sum(int(a.size) for a in ours.values())}
+    _end_task(m, rep, x, y, ours)
     return rep
 
 
@@ -291,7 +329,7 @@ def verify(model, *, data, target: str = "sim", timesteps, input_layout=None, li
                          **load_options)
     x = graph_data(x_raw, ir.timesteps(m.graph), _shape(m))
     calib = None if calibration is None else graph_data(_raw_x(calibration, None), ir.timesteps(m.graph), _shape(m))
-    return verify_model(m, x, target=target, x_calib=calib, runtime=runtime)
+    return verify_model(m, x, target=target, x_calib=calib, runtime=runtime, y=_labels(data, limit))
 
 
 # ---- profile ----------------------------------------------------------------------------------
@@ -304,7 +342,7 @@ def profile(model, *, data, timesteps, input_layout=None, limit=None, energy: di
     m = load_timestepped(model, timesteps=timesteps, input_layout=input_layout, x=x_raw, convention=convention,
                          **load_options)
     x = graph_data(x_raw, ir.timesteps(m.graph), _shape(m))
-    return profile_timestepped(m.graph, torch.as_tensor(x, dtype=torch.float64), **(energy or {}))
+    return profile_timestepped(m.graph, torch.as_tensor(_gx(m, x), dtype=torch.float64), **(energy or {}))
 
 
 def format_profile(report: dict, fmt: str = "table") -> str:
@@ -412,13 +450,14 @@ def compile(model, *, target: str = "sim", out_dir, timesteps, input_layout=None
     with ArtifactDir(out_dir, force=force, inputs=inputs) as art:
         save_graph(m.graph, art.path("graph.ir.npz"))
         write_nir(m.graph, art.path("network.nir"))
-        _emit_target(target, m.graph, calib, art)
+        _emit_target(target, m.graph, None if calib is None else _gx(m, calib), art)
         if x is not None and profile:
-            res.profile = profile_timestepped(m.graph, torch.as_tensor(x, dtype=torch.float64), **(energy or {}))
+            res.profile = profile_timestepped(m.graph, torch.as_tensor(_gx(m, x), dtype=torch.float64),
+                                              **(energy or {}))
             write_json(art.path("profile_timestepped.json"), res.profile)
             plot_timestepped(res.profile, art.path("profile_timestepped.png"))
         if x is not None and verify:
-            res.verify = verify_model(m, x, target=target, x_calib=calib, runtime=runtime)
+            res.verify = verify_model(m, x, target=target, x_calib=calib, runtime=runtime, y=_labels(data, limit))
             write_json(art.path("verify.json"), res.verify.to_dict())
             if not res.verify.ok():
                 art.discard()

@@ -3,6 +3,7 @@ a real snnTorch checkpoint + --arch, and a real sinabs.to_nir file, through the 
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +164,42 @@ def test_sinabs_to_nir_file_compiles_for_speck(tmp_path):
     assert (out_dir / "speck_config.json").is_file() and (out_dir / "network.nir").is_file()
     out = run(["verify", str(tmp_path / "iaf.nir"), "--data", str(tmp_path / "x.npz")], code=2)
     assert "--timesteps T" in out
+
+
+# -- the contrastive LIF demo (examples/digits_lif.py, trained by train_digits_lif_simclr.py) ---------------
+
+EX = Path(__file__).resolve().parent.parent / "examples"
+DEMO = [str(EX / "digits_lif.pt"), "--arch", f"{EX / 'digits_lif.py'}:build_encoder", "--timesteps", "6",
+        "--input-layout", "static"]
+
+
+def test_plain_torch_lif_equals_snntorch_leaky_spike_for_spike():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("digits_lif_demo", EX / "digits_lif.py")
+    dl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dl)
+    torch.manual_seed(4)
+    for reset in ("subtract", "zero"):
+        ours, theirs = dl.LIF(0.85, 1.0, reset), snn.Leaky(beta=0.85, threshold=1.0, init_hidden=True,
+                                                          reset_mechanism=reset)
+        theirs.reset_mem()
+        cur = torch.rand(50, 4, 20) * 1.5
+        with torch.no_grad():
+            a = torch.stack([ours(cur[t]) for t in range(50)])
+            b = torch.stack([theirs(cur[t]) for t in range(50)])
+        assert a.sum() > 100 and torch.equal(a, b)
+
+
+def test_demo_verifies_exactly_on_sim_with_its_probe():
+    rep = json.loads(run(["verify", *DEMO, "--data", str(EX / "digits_test.npz"), "--limit", "64", "--json"]))
+    assert rep["ok"] and rep["conversion"]["first_divergence"] is None
+    assert rep["conversion"]["layers"]["lif2"]["spikes_model"] > 1000
+    assert rep["end_task"]["model"] > 0.85
+
+
+def test_demo_on_loihi_reports_precision_and_probe_accuracy():
+    rep = json.loads(run(["verify", *DEMO, "--data", str(EX / "digits_test.npz"), "--limit", "64", "-t", "loihi",
+                          "--calibration", str(EX / "digits_calib.npz"), "--json"]))
+    assert rep["ok"] and all(r["train_agreement"] > 0.8 for r in rep["precision"].values())
+    assert rep["end_task"]["loihi"] > 0.8

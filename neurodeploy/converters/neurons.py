@@ -27,6 +27,12 @@ name and module path, never imported here):
   ``lif_forward_single``; ``activation/spike_generation.py`` ``MultiSpike``: ``(v_mem > 0) *
   trunc(v_mem / θ)``, ``SingleSpike``: ``v_mem - θ >= 0``; ``reset_mechanism.py``
   ``MembraneSubtract`` / ``MembraneReset``; ``min_v_mem`` clip).
+* A plain-torch LIF module (no framework needed) whose class sets ``neurodeploy_lif = True`` and
+  that has ``beta``, ``threshold``, ``reset_mechanism`` ('subtract' | 'zero') and ``reset_delay``
+  (bool) attributes and a ``reset_state()`` method: read with snnTorch ``Leaky``'s equations (strict
+  firing ``mem > threshold``; the reset ``r = (mem_prev > threshold)`` subtracted one step later when
+  ``reset_delay``, as Leaky's default), which the module must compute itself
+  (``examples/digits_lif.py`` ``LIF`` is the reference form).
 """
 
 from __future__ import annotations
@@ -49,7 +55,13 @@ def _family(m: nn.Module) -> str:
     return type(m).__module__.split(".")[0]
 
 
+def is_plain_lif(m: nn.Module) -> bool:
+    return getattr(type(m), "neurodeploy_lif", False) is True
+
+
 def is_neuron_module(m: nn.Module) -> bool:
+    if is_plain_lif(m):
+        return True
     fam, name = _family(m), type(m).__name__
     if fam == "snntorch":
         return name == "Leaky" or name in SNNTORCH_OTHER
@@ -144,7 +156,20 @@ def neuron_from_sinabs(m: nn.Module, path: str) -> ir.LIFNeuron:
                         meta={"framework": "sinabs", "module": name})
 
 
+def neuron_from_plain(m: nn.Module, path: str) -> ir.LIFNeuron:
+    """A ``neurodeploy_lif`` module: snnTorch Leaky's equations (see the module docstring)."""
+    reset = getattr(m, "reset_mechanism", None)
+    if reset not in ("subtract", "zero"):
+        _refuse(path, f"plain LIF module with reset_mechanism={reset!r}", "reset_mechanism='subtract' or 'zero'")
+    beta = _array_or_scalar(torch.as_tensor(m.beta).clamp(0, 1))
+    return ir.LIFNeuron(beta=beta, gain=1.0, threshold=_scalar(torch.as_tensor(m.threshold), "threshold", path),
+                        reset=reset, firing="strict", reset_timing="next_step" if m.reset_delay else "same_step",
+                        v_init=0.0, source=path, meta={"framework": "neurodeploy_lif", "module": type(m).__name__})
+
+
 def neuron_node(m: nn.Module, path: str) -> ir.LIFNeuron:
+    if is_plain_lif(m):
+        return neuron_from_plain(m, path)
     return {"snntorch": neuron_from_snntorch, "spikingjelly": neuron_from_spikingjelly,
             "sinabs": neuron_from_sinabs}[_family(m)](m, path)
 
@@ -205,7 +230,9 @@ def reset_model_state(model: nn.Module) -> None:
     snnTorch ``reset_mem``) so every forward starts from rest."""
     for m in model.modules():
         fam = _family(m)
-        if fam == "spikingjelly" and hasattr(m, "reset"):
+        if is_plain_lif(m):
+            m.reset_state()
+        elif fam == "spikingjelly" and hasattr(m, "reset"):
             m.reset()
         elif fam == "sinabs" and hasattr(m, "reset_states"):
             m.reset_states()
