@@ -534,23 +534,34 @@ def inspect_cmd(canonical, **kw):
 @click.option("--json", "as_json", is_flag=True, help="Print per-layer counts as JSON.")
 @manifest_option
 def run_cmd(out_dir, data, runtime, limit, as_json, verify_manifest):
-    """Run a compiled Loihi artefact (OUT_DIR from `compile --target loihi`) and print per-layer spikes."""
+    """Run a compiled Loihi artefact (OUT_DIR from `compile --target loihi`) and print per-layer spikes;
+    with a host part (`compile --host-rest`), host_program.pt2 runs on the chip's counts after it."""
     import numpy as np
 
     from .data import load_data
+    from .host_program import INTERFACE_FILE, PROGRAM_FILE
+    from .split import HOST_GRAPH_FILE, run_composed
     from .targets.loihi import NET_FILE, SIDECAR, load_artifact, run_artifact
 
-    check_artifacts(out_dir, [NET_FILE, SIDECAR], verify_manifest)
+    check_artifacts(out_dir, [NET_FILE, SIDECAR, PROGRAM_FILE, INTERFACE_FILE, HOST_GRAPH_FILE], verify_manifest)
     x = load_data(data, limit, input_shape=load_artifact(out_dir)[0].input_shape).x
     res = run_artifact(out_dir, x, runtime=runtime)
     totals = {name: int(np.asarray(c).sum()) for name, c in res.counts.items()}
+    host = run_composed(out_dir, res.counts, x) or {}
+    host_totals = {name: int(np.asarray(v).sum()) for name, v in host.items()}
     if as_json:
-        click.echo(json.dumps({"runtime": runtime, "samples": len(x), "spikes": totals}, indent=2, sort_keys=True))
+        click.echo(json.dumps({"runtime": runtime, "samples": len(x), "spikes": totals,
+                               **({"host": {"program": PROGRAM_FILE, "values": host_totals}} if host else {})},
+                              indent=2, sort_keys=True))
         return
     click.echo(f"runtime {runtime}: {len(x)} sample(s)")
     click.echo(f"{'layer':<28} {'spikes':>10} {'per sample':>11}")
     for name, total in totals.items():
         click.echo(f"{name:<28} {total:>10} {total / len(x):>11.2f}")
+    if host:
+        click.echo(f"host part ({PROGRAM_FILE}, fed with the {runtime} run's counts; outputs are integer values):")
+        for name, total in host_totals.items():
+            click.echo(f"{name:<28} {total:>10} {total / len(x):>11.2f}")
 
 
 main.add_command(route_cmd)

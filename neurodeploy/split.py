@@ -91,7 +91,8 @@ def split_for_target(tgt, canonical: ir.Graph, calibration=None) -> Split | None
                                fix="use --target sim, or change the first layers")
     chip = prefix_graph(canonical, cut)
     host_graph = get_target("sim").quantize(canonical, calibration=calibration)
-    part, recomputed = host_partition(host_graph, set(chip.nodes) & set(canonical.nodes))
+    on_chip = {n for n, node in chip.nodes.items() if not isinstance(node, ir.Output)}  # its Output is the cut's
+    part, recomputed = host_partition(host_graph, on_chip & set(canonical.nodes))
     return Split(tgt.name, cut, chip, host_graph, part, recomputed)
 
 
@@ -110,7 +111,8 @@ def host_partition(graph: ir.Graph, chip: set[str]) -> tuple[Partition, list[str
                 todo.append(i)
     part = Partition(host=[n for n in order if n in host])
     part.to_host = [n for n in order if n not in host and any(c in host for c in graph.consumers_of(n))]
-    part.from_host = [n for n in part.host if isinstance(graph.nodes[n], (ir.IFNeuron, ir.Output))]
+    part.from_host = [n for n in part.host if isinstance(graph.nodes[n], (ir.IFNeuron, ir.Output))
+                      or not graph.consumers_of(n)]  # every neuron layer, and the model's outputs
     return part, [n for n in order if n in recomputed]
 
 
@@ -235,6 +237,7 @@ class SplitReport:
     chip_schedule: str
     crossing_vs_model: int          # crossing spike counts where the chip differs from the model
     host_precision: object = None   # precision.PrecisionReport of the host part fed with the model's counts
+    top1_agreement: tuple | None = None  # (samples whose output argmax equals the model's, samples)
 
     @property
     def host_exact(self) -> bool:
@@ -259,6 +262,9 @@ class SplitReport:
             lines.append(f"  {r.layer[:32]:<32} {r.n_values:>10} {r.vs_reference:>12} "
                          f"{mismatch_text(r.vs_model, r.n_values):>18} "
                          f"{mismatch_text(r.vs_model_host_only, r.n_values):>20}")
+        if self.top1_agreement is not None:
+            lines.append(f"  end task: the composed system's output argmax equals the model's in "
+                         f"{self.top1_agreement[0]} / {self.top1_agreement[1]} samples")
         if self.host_precision is not None:
             lines += ["", "host part alone (fed with the model's own counts at the crossing), "
                       + self.host_precision.table()]
@@ -269,6 +275,7 @@ class SplitReport:
                 "ok": self.ok(), "chip": self.chip.to_dict(),
                 "host": {"exact": self.host_exact, "crossing_vs_model": self.crossing_vs_model,
                          "layers": [r.to_dict() for r in self.host],
+                         "top1_agreement": list(self.top1_agreement) if self.top1_agreement else None,
                          "precision": self.host_precision.to_dict() if self.host_precision is not None else None}}
 
 
@@ -309,7 +316,21 @@ def verify_split(prepared, split: Split, chip_q: ir.Graph, dataset, folder, cali
         key = _ref_key(reference, split.host_graph, n)
         if key:
             crossing += int((np.asarray(counts).astype(np.int64) != np.asarray(reference[key])).sum())
-    return SplitReport(split.target, split.cut, chip_report, rows, schedule, crossing, host_precision)
+    return SplitReport(split.target, split.cut, chip_report, rows, schedule, crossing, host_precision,
+                       _top1(prepared, split, got, dataset.x))
+
+
+def _top1(prepared, split: Split, got: dict, x):
+    """Argmax agreement of the composed system's single classifier output with the model's forward."""
+    outs = [n for n in split.part.from_host if not isinstance(split.host_graph.nodes[n], ir.IFNeuron)]
+    if prepared.module is None or len(outs) != 1 or np.asarray(got[outs[0]]).ndim != 2:
+        return None
+    with torch.no_grad():
+        model = prepared.module(torch.as_tensor(np.asarray(x), dtype=torch.float32))
+    if not isinstance(model, torch.Tensor) or tuple(model.shape) != np.asarray(got[outs[0]]).shape:
+        return None
+    agree = np.asarray(got[outs[0]]).argmax(1) == model.numpy().argmax(1)
+    return int(agree.sum()), int(agree.size)
 
 
 def _host_precision(split: Split, x, reference: dict, keys: dict, alone: dict, note: str):
@@ -327,3 +348,19 @@ def _host_precision(split: Split, x, reference: dict, keys: dict, alone: dict, n
     rep = precision(g, x, model, full, calibration=note)
     rep.layers = [lr for lr in rep.layers if lr.layer in host]
     return rep
+
+
+def run_composed(out_dir, chip_counts: dict, x) -> dict[str, np.ndarray] | None:
+    """For a ``--host-rest`` artefact folder, the host program on the chip's counts (and ``x``):
+    {host layer or output: values}; None for a folder without a host part."""
+    import json
+
+    folder = Path(out_dir)
+    if not (folder / HOST_GRAPH_FILE).is_file() or not (folder / INTERFACE_FILE).is_file():
+        return None
+    desc = json.loads((folder / INTERFACE_FILE).read_text())
+    missing = [t["name"] for t in desc["to_host"] if t["kind"] != "network input (float)" and t["name"] not in chip_counts]
+    if missing:
+        raise NeurodeployError(f"the chip run has no counts for {', '.join(missing)}, which the host program reads",
+                               fix=f"recompile {folder} (its chip and host parts do not belong together)")
+    return run_host_program(folder / PROGRAM_FILE, desc, chip_counts, x)

@@ -56,7 +56,10 @@ def test_split_point_is_the_furthest_passing_until(prepared, target, x):
     split = split_for_target(tgt, c, x)
     assert split.cut == furthest_until(c, accept=lambda p: not tgt.check(p))
     assert tgt.check(split.chip) == []
-    chip = set(split.chip.nodes) & set(c.nodes)
+    chip = {n for n, node in split.chip.nodes.items() if not isinstance(node, ir.Output)}
+    assert chip <= set(c.nodes)
+    outputs = [n for n, node in c.nodes.items() if isinstance(node, ir.Output)]
+    assert outputs and set(outputs) <= set(split.part.host) and set(outputs) <= set(split.part.from_host)
     # every node runs somewhere; the host reads chip spike counts (or the input), never a chip current
     assert chip | set(split.part.host) >= set(c.nodes) - {n for n in c.nodes if isinstance(c.nodes[n], ir.Input)}
     g = split.host_graph
@@ -114,6 +117,7 @@ def test_host_program_from_disk_equals_evaluate_of_the_host_part(compiled, x):
     for name, v in again.items():
         assert np.array_equal(v, full[name].numpy()), name
     assert sum(float(got[n].sum()) for n in got if isinstance(host_graph.nodes[n], ir.IFNeuron)) > 0
+    assert [n for n in got if isinstance(host_graph.nodes[n], ir.Output)]   # the model's output comes back
 
 
 def test_verify_of_the_composed_system_reports_both_parts(compiled):
@@ -132,6 +136,7 @@ def test_verify_of_the_composed_system_reports_both_parts(compiled):
     prec = rep.host_precision
     assert prec.ok and {lr.layer for lr in prec.layers} == {r.layer for r in rep.host}
     assert prec.total("mismatches") == sum(r.vs_model_host_only for r in rep.host)
+    assert rep.top1_agreement is not None and rep.top1_agreement[1] == 2
     text = rep.format_table()
     assert "chip part (speck" in text and "host part" in text and "EXACT" in text
     saved = json.loads((out / "verify.json").read_text())
@@ -165,3 +170,31 @@ def test_no_prefix_passes_names_the_first_layers_violation():
         split_for_target(get_target("speck"), c)
     assert "no prefix" in str(e.value) and "130x130" in str(e.value)
     assert split_for_target(get_target("loihi"), c) is None   # Loihi takes it whole: nothing to split
+
+
+def test_cli_compile_and_run_the_composed_loihi_artefact(checkpoint, x):
+    from click.testing import CliRunner
+
+    from neurodeploy.cli import main
+    from neurodeploy.ir_io import load_graph
+    from neurodeploy.targets.loihi import run_artifact
+
+    out = checkpoint / "loihi_out"
+    model = [str(checkpoint / "esf.pt"), "--arch", ARCH, "--arch-kwargs", json.dumps(_arch_kwargs())]
+    res = CliRunner().invoke(main, ["compile", *model, "-t", "loihi", "-o", str(out), "--host-rest",
+                                    "--data", str(checkpoint / "data.npz"), "--no-profile"])
+    assert res.exit_code == 0, res.output
+    assert "chip part:" in res.output and "host_program.pt2" in res.output
+    run = CliRunner().invoke(main, ["run", str(out), "--data", str(checkpoint / "data.npz"), "--runtime", "sim",
+                                    "--json"])
+    assert run.exit_code == 0, run.output
+    got = json.loads(run.output[run.output.index("{"):])["host"]["values"]
+    chip = run_artifact(out, x, runtime="sim").counts
+    host_graph = load_graph(out / "host_graph.ir.npz")
+    want = evaluate_given(host_graph, x, chip)
+    assert got and got == {n: int(want[n].sum()) for n in got}
+    assert "output" in got and sum(got[n] for n in host_neurons_of(host_graph, got)) > 0
+
+
+def host_neurons_of(graph, names):
+    return [n for n in names if isinstance(graph.nodes[n], ir.IFNeuron)]
