@@ -221,9 +221,16 @@ def test_cli_verify_reports_before_after_on_held_out_data_and_plots(tmp_path):
     assert r.exit_code == 0, r.output
     assert "before -> after calibration" in r.output and "digits_test.npz (24 samples)" in r.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    r = CliRunner().invoke(main, ["verify", *model, "-t", "loihi", "--calibration", str(EX / "digits_calib.npz"),
-                                  "--data", str(EX / "digits_calib.npz"), "--limit", "8"])
-    assert r.exit_code == 0 and "no held-out data" in r.output
+
+
+def test_effect_on_the_calibration_file_itself_has_no_rows():
+    from neurodeploy import api
+    from neurodeploy.data import load_data
+
+    g = quantize(dense_net(), calibration=inputs(8, (24,), 1))
+    path = EX / "digits_calib.npz"
+    eff = api.calibration_effect(g, g, load_data(path), path, path)
+    assert not eff.rows and "no held-out data" in eff.table()
 
 
 # -- speck -----------------------------------------------------------------------------------------
