@@ -9,7 +9,6 @@ memory). Each shard is verified / profiled on its own and the per-shard reports 
 from __future__ import annotations
 
 import hashlib
-import pickle
 
 from . import datasets
 from .distributed import Runner, run_shards
@@ -26,11 +25,39 @@ def calibration_head(source: datasets.DataSource, input_shape, limit=None):
 
 
 def program_key(*parts) -> str:
-    """A digest of what decides a shard's result (quantised graph, settings), for the shard cache."""
+    """A digest of what decides a shard's result (quantised graph, settings), for the shard cache:
+    canonical (by value; pickle bytes depend on which objects happen to be shared)."""
     h = hashlib.sha256()
     for part in parts:
-        h.update(pickle.dumps(part, protocol=4))
+        _digest(part, h)
     return h.hexdigest()
+
+
+def _digest(obj, h) -> None:
+    import dataclasses
+
+    import numpy as np
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        h.update(f"<{type(obj).__qualname__}".encode())
+        for f in dataclasses.fields(obj):
+            h.update(f.name.encode())
+            _digest(getattr(obj, f.name), h)
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for k in sorted(obj, key=repr):
+            _digest(k, h)
+            _digest(obj[k], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[" if isinstance(obj, list) else b"(")
+        for v in obj:
+            _digest(v, h)
+    elif isinstance(obj, np.ndarray) or hasattr(obj, "detach"):
+        a = np.ascontiguousarray(obj.detach().cpu().numpy() if hasattr(obj, "detach") else obj)
+        h.update(f"<{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    else:
+        h.update(f"<{type(obj).__name__}:{obj!r}".encode())
 
 
 def _verify_task(program, shard):
