@@ -224,3 +224,16 @@ def test_image_folder_profile_equals_the_transformed_arrays(tmp_path):
     folder = api.profile(str(model), data=str(tmp_path / "imgs"), batch_size=2, **opts)
     arrays = api.profile(str(model), data=str(tmp_path / "x.npz"), **opts)
     assert folder.n_samples == 3 and folder.format("json") == arrays.format("json")
+
+
+def test_shard_cache_key_same_for_traced_and_trace_cached_model(tmp_path, monkeypatch):
+    from neurodeploy.streaming import program_key
+    from neurodeploy.targets import get_target
+
+    monkeypatch.setenv("NEURODEPLOY_CACHE_DIR", str(tmp_path / "trace"))
+    keys = []
+    for _ in range(2):  # cold (traced, then cached), warm (from the trace cache)
+        q = get_target("sim").quantize(api.prepare(MODEL, arch=ARCH).canonical)
+        keys.append(program_key("verify", q.nodes, q.metadata))
+    assert any((tmp_path / "trace").rglob("*.npz"))  # the second one came from the cache
+    assert keys[0] == keys[1]
