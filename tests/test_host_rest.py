@@ -198,3 +198,10 @@ def test_cli_compile_and_run_the_composed_loihi_artefact(checkpoint, x):
 
 def host_neurons_of(graph, names):
     return [n for n in names if isinstance(graph.nodes[n], ir.IFNeuron)]
+
+
+def test_host_rest_is_for_chip_targets_only(prepared):
+    from neurodeploy.errors import NeurodeployError
+
+    with pytest.raises(NeurodeployError, match="--host-rest applies to --target speck or loihi"):
+        nd._host_rest_split(get_target("sim"), prepared.canonical, None)
