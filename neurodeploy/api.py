@@ -271,7 +271,8 @@ def _host_rest_split(tgt, canonical: ir.Graph, calib):
     return split_for_target(tgt, canonical, calib)
 
 
-def _verify_split(prepared: Prepared, split, tgt, dataset: Dataset, calib, calib_note: str, target_options):
+def _verify_split(prepared: Prepared, split, tgt, dataset: Dataset, calib, calib_note: str, target_options,
+                  schedules=None, runtime: str = "sim"):
     """verify --host-rest: the composed system, the host program written to and loaded from a temp folder."""
     import tempfile
 
@@ -281,7 +282,8 @@ def _verify_split(prepared: Prepared, split, tgt, dataset: Dataset, calib, calib
     quantized = tgt.quantize(split.chip, calibration=calib, **(target_options or {}))
     with tempfile.TemporaryDirectory(prefix="neurodeploy-host-") as tmp:
         write_split(split, tmp)
-        return verify_split(prepared, split, quantized, dataset, tmp, calibration_note=calib_note)
+        return verify_split(prepared, split, quantized, dataset, tmp, calibration_note=calib_note,
+                            schedules=schedules, runtime=runtime)
 
 
 def _calibration_stage(target: str, canonical, quantized, calibration, calib, record, target_options):
@@ -496,7 +498,7 @@ def verify(model: str | Path, *, data: str | Path, target: str = "sim", limit: i
     split = _host_rest_split(tgt, prepared.canonical, calib) if host_rest else None
     if split:
         return _verify_split(prepared, split, tgt, load_data(data, limit, input_shape=shape), calib, calib_note,
-                             target_options)
+                             target_options, schedules, runtime)
     _check(tgt, prepared.canonical, calib, head.x)
     quantized = tgt.quantize(prepared.canonical, calibration=calib, **(target_options or {}))
     uncalibrated = quantized

@@ -279,7 +279,8 @@ class SplitReport:
                          "precision": self.host_precision.to_dict() if self.host_precision is not None else None}}
 
 
-def verify_split(prepared, split: Split, chip_q: ir.Graph, dataset, folder, calibration_note: str = "") -> SplitReport:
+def verify_split(prepared, split: Split, chip_q: ir.Graph, dataset, folder, calibration_note: str = "",
+                 schedules: tuple[str, ...] | None = None, runtime: str = "sim") -> SplitReport:
     """The composed system on ``dataset``: the chip part by the target's verify, the host part by
     the host program written in ``folder`` (loaded from its ``.pt2``) on the chip's counts."""
     from .api import _reference_counts, verify_prepared
@@ -287,8 +288,8 @@ def verify_split(prepared, split: Split, chip_q: ir.Graph, dataset, folder, cali
     from .verify import _ref_key
 
     chip_prepared = dataclasses.replace(prepared, canonical=split.chip)
-    chip_report = verify_prepared(chip_prepared, chip_q, dataset, target=split.target,
-                                  calibration_note=calibration_note)
+    chip_report = verify_prepared(chip_prepared, chip_q, dataset, target=split.target, schedules=schedules,
+                                  runtime=runtime, calibration_note=calibration_note)
     schedule = DEPLOYED_SCHEDULE[split.target]
     chip_counts = get_target(split.target).simulate(chip_q, dataset.x, schedule=schedule).counts
     folder = Path(folder)
