@@ -11,7 +11,8 @@ step. This script runs the demo chain encoder's file for T steps through
 
 and compares the spike counts per layer with ours (``ops.evaluate``, the closed form the simulator
 equals). Measured (64 test digits, T = 17): sinabs.from_nir 16.2-17.5x ours per layer,
-nirtorch with NIR's IF 7.3-12.4x (README, "NIR export: what other readers see").
+nirtorch with NIR's IF 7.3-12.4x (README, "NIR export: what other readers see"); the pulse
+encoding (``--emit nir-pulse``, ``nir_pulse.py``) through sinabs.from_nir: 0 mismatches.
 
     .venv/bin/python benchmarks/bench_nir_sfa_readers.py [--timesteps 17] [--samples 64]
 """
@@ -109,6 +110,18 @@ def main(argv=None):
                 print(f"  {reader:<18} {n:<22} ours {ours[n]:>9.0f}  reader {c[key]:>9.0f}  x{c[key] / ours[n]:.2f}")
         if ratios:
             print(f"  {reader}: {min(ratios):.1f}-{max(ratios):.1f} x ours")
+    import sinabs
+
+    from neurodeploy.nir_pulse import pulse_input, to_nir_pulse
+
+    N, T = x.shape[0], a.timesteps
+    net = sinabs.from_nir(to_nir_pulse(g), batch_size=N, num_timesteps=T)
+    with torch.no_grad():
+        out = net(torch.as_tensor(pulse_input(x.numpy(), T), dtype=torch.float32).reshape((N * T, 2) + tuple(x.shape[2:])))
+    out = (out[0] if isinstance(out, tuple) else out).reshape(N, T, -1).sum(1).double().numpy()
+    want = ops.evaluate(g, x.double())[g.output_names()[0]].numpy().reshape(N, -1)
+    print(f"  pulse encoding (--emit nir-pulse) through sinabs.from_nir, T = {T}: output {int((out != want).sum())} "
+          f"mismatches of {want.size} (sum {out.sum():.1f} vs ours {want.sum():.1f})")
 
 
 if __name__ == "__main__":

@@ -230,6 +230,9 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
         if "routing" in emit:
             from .routing import build_routing, save_routing
             save_routing(build_routing(quantized), art.path("routing.npz"))
+        if "nir-pulse" in emit:  # SFA counts as a standard reader (sinabs.from_nir) runs them: nir_pulse.py
+            from .nir_pulse import write_nir_pulse
+            write_nir_pulse(prepared.canonical, art.path("network_pulse.nir"))
         if dataset is not None and profile:
             result.profile = run_profile(quantized, dataset.x, energy=energy)
             art.path("profile.json").write_text(result.profile.format("json"))

@@ -293,7 +293,8 @@ def _speck_bias_options(target: str, kw: dict) -> dict:
               "explain it).")
 @click.option("--profile/--no-profile", default=True, show_default=True, help="Profile on --data.")
 @click.option("--limit", type=LIMIT, help="Use only the first N samples of --data.")
-@click.option("--emit", multiple=True, type=click.Choice(["routing"]), help="Extra artefacts.")
+@click.option("--emit", multiple=True, type=click.Choice(["routing", "nir-pulse"]), help="Extra artefacts; "
+              "nir-pulse: network_pulse.nir, the SFA counts in a form sinabs.from_nir runs exactly (input as a pulse).")
 @click.option("--host-rest", is_flag=True, help="speck/loihi: where the model fails the design rules, deploy the "
               "furthest prefix that passes on the chip and run the rest on the host (host_program.pt2, fed "
               "with the chip's spike counts).")
