@@ -327,3 +327,13 @@ def test_weight_bit_study_gives_a_residual_sum_one_scale():
     cur = c1 @ q.nodes["fc2"].weight_q.T + c1 @ q.nodes["fc3"].weight_q.T + q.nodes["fc3"].bias_q
     n = np.clip(np.floor_divide(cur + q.nodes["if2"].v_init_q, q.nodes["if2"].threshold_q), 0, 4)
     assert np.array_equal(n, ops.evaluate(q, x, quantized=True)["if2"].numpy())
+
+
+def test_a_malformed_record_is_one_clear_error(tmp_path):
+    g = dense_net()
+    _, rec = stage.run("loihi", g, inputs(32, (24,), 1))
+    del rec["layers"][1]["weight_q"]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(rec))
+    with pytest.raises(NeurodeployError, match="incomplete or malformed"):
+        stage.from_record("loihi", g, path)

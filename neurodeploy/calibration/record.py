@@ -81,6 +81,14 @@ def check_record(rec: dict, g: ir.Graph, target: str) -> None:
 
 def apply_record(rec: dict, g: ir.Graph) -> None:
     """Set the recorded integer parameters on the quantised graph ``g`` (checked with :func:`check_record`)."""
+    try:
+        _apply(rec, g)
+    except (KeyError, TypeError, ValueError) as e:
+        raise NeurodeployError(f"calibration record is incomplete or malformed ({type(e).__name__}: {e})",
+                               fix="re-run 'neurodeploy calibrate'") from None
+
+
+def _apply(rec: dict, g: ir.Graph) -> None:
     for lr in rec["layers"]:
         node, nrn = g.nodes[lr["weight_layer"]], g.nodes[lr["neuron"]]
         node.weight_q = np.asarray(lr["weight_q"], dtype=np.int64).reshape(lr["weight_shape"])
