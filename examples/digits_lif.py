@@ -44,16 +44,19 @@ class LIF(nn.Module):
     neurodeploy_lif = True
 
     def __init__(self, beta: float = 0.9, threshold: float = 1.0, reset_mechanism: str = "subtract",
-                 reset_delay: bool = True, slope: float = 5.0):
+                 reset_delay: bool = True, slope: float = 5.0, multi_spike: bool = False):
         super().__init__()
         self.beta, self.threshold = float(beta), float(threshold)
         self.reset_mechanism, self.reset_delay, self.slope = reset_mechanism, bool(reset_delay), float(slope)
+        self.multi_spike = bool(multi_spike)
         self.mem = None
 
     def reset_state(self) -> None:
         self.mem = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.multi_spike:
+            return self._forward_multi(x)
         mem = torch.zeros_like(x) if self.mem is None else self.mem
         reset = (mem > self.threshold).to(x.dtype).detach()
         if self.reset_mechanism == "zero":
@@ -64,28 +67,56 @@ class LIF(nn.Module):
         self.mem = mem
         return spike
 
+    def _forward_multi(self, x: torch.Tensor) -> torch.Tensor:
+        """IAF as sinabs runs it (MultiSpike, subtractive reset in the same step): the Speck variant."""
+        mem = (torch.zeros_like(x) if self.mem is None else self.mem) * self.beta + x
+        count = torch.floor(torch.clamp(mem / self.threshold, min=0.0)).detach()
+        surrogate = SpikeFn.apply(mem - self.threshold, self.slope)
+        spike = count + surrogate - surrogate.detach()
+        self.mem = mem - count * self.threshold
+        return spike
+
     def extra_repr(self) -> str:
         return f"beta={self.beta}, threshold={self.threshold}, reset={self.reset_mechanism}, delay={self.reset_delay}"
 
 
 class Encoder(nn.Module):
-    def __init__(self, hidden: int = 128, feat_dim: int = 64, beta: float = 0.9, timesteps: int = TIMESTEPS):
+    """``iaf=True``: the Speck variant: IAF neurons (β = 1, MultiSpike, same-step subtraction) fed
+    with event frames ``[N, T, 1, 8, 8]`` (:func:`events`), one per step."""
+
+    def __init__(self, hidden: int = 128, feat_dim: int = 64, beta: float = 0.9, timesteps: int = TIMESTEPS,
+                 iaf: bool = False):
         super().__init__()
-        self.timesteps = timesteps
+        self.timesteps, self.iaf = timesteps, iaf
+        neuron = dict(beta=1.0, reset_delay=False, multi_spike=True) if iaf else dict(beta=beta)
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(64, hidden)
-        self.lif1 = LIF(beta)
+        self.lif1 = LIF(**neuron)
         self.fc2 = nn.Linear(hidden, feat_dim)
-        self.lif2 = LIF(beta)
+        self.lif2 = LIF(**neuron)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.lif1.reset_state()
         self.lif2.reset_state()
         out = []
-        for _ in range(self.timesteps):
-            out.append(self.lif2(self.fc2(self.lif1(self.fc1(self.flatten(x))))))
+        for t in range(self.timesteps):
+            xt = x[:, t] if self.iaf else x
+            out.append(self.lif2(self.fc2(self.lif1(self.fc1(self.flatten(xt))))))
         return torch.stack(out, 1)
 
 
-def build_encoder(hidden: int = 128, feat_dim: int = 64, beta: float = 0.9, timesteps: int = TIMESTEPS) -> Encoder:
-    return Encoder(hidden, feat_dim, beta, timesteps)
+def events(x: torch.Tensor, timesteps: int = TIMESTEPS) -> torch.Tensor:
+    """Deterministic event frames [N, T, ...] of images in [0, 1]: pixel x is on at step t when
+    x > (t + 0.5)/T (a thermometer code: round(x·T) events per pixel)."""
+    levels = (torch.arange(timesteps, dtype=x.dtype) + 0.5) / timesteps
+    return (x.unsqueeze(1) > levels.reshape((1, -1) + (1,) * (x.dim() - 1))).to(x.dtype)
+
+
+def build_encoder(hidden: int = 128, feat_dim: int = 64, beta: float = 0.9, timesteps: int = TIMESTEPS,
+                  iaf: bool = False) -> Encoder:
+    return Encoder(hidden, feat_dim, beta, timesteps, iaf)
+
+
+def build_iaf_encoder(hidden: int = 128, feat_dim: int = 64, timesteps: int = TIMESTEPS) -> Encoder:
+    """The Speck variant (``digits_iaf.pt``): IAF neurons on event frames [N, T, 1, 8, 8]."""
+    return Encoder(hidden, feat_dim, 1.0, timesteps, iaf=True)

@@ -116,7 +116,14 @@ def load_timestepped(model, *, timesteps, input_layout: str | None = None, arch:
         example = graph_data(np.asarray(x[:EXAMPLE_BATCH]), T, shape)
     else:
         example = np.random.default_rng(0).random((EXAMPLE_BATCH,) + shape)
-    g = from_timestepped(loaded.module, model_input(example, T, input_layout, shape), T, input_layout=input_layout)
+    xm = model_input(example, T, input_layout, shape)
+    try:
+        g = from_timestepped(loaded.module, xm, T, input_layout=input_layout)
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        raise NeurodeployError(f"the model's forward fails on an input of shape {tuple(xm.shape)} (--input-layout "
+                               f"{input_layout}, T = {T}, per sample {shape}): {type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}",
+                               fix="check --input-layout, --timesteps, --input-shape and --arch-kwargs") from None
     if input_layout == "static" and T > 1 and g.metadata.get("step_mode") != "step":
         raise NeurodeployError(f"with --input-layout static the forward loops over the steps itself, but it did not "
                                f"call its layers {T} times", fix="pass --timesteps equal to the number of steps the "

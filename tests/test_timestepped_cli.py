@@ -203,3 +203,31 @@ def test_demo_on_loihi_reports_precision_and_probe_accuracy():
                           "--calibration", str(EX / "digits_calib.npz"), "--json"]))
     assert rep["ok"] and all(r["train_agreement"] > 0.8 for r in rep["precision"].values())
     assert rep["end_task"]["loihi"] > 0.8
+
+
+def test_demo_iaf_variant_on_speck_with_event_frames():
+    iaf = [str(EX / "digits_iaf.pt"), "--arch", f"{EX / 'digits_lif.py'}:build_iaf_encoder", "--timesteps", "6",
+           "--input-layout", "NT", "--data", str(EX / "digits_events_test.npz"), "--limit", "48"]
+    rep = json.loads(run(["verify", *iaf, "-t", "speck", "--json"]))
+    assert rep["ok"] and rep["conversion"]["first_divergence"] is None
+    assert all(r["train_agreement"] > 0.9 for r in rep["precision"].values())
+    assert rep["end_task"]["speck"] > 0.8
+    out = run(["inspect", *iaf[:-4]])
+    assert "LIFNeuron" in out
+    out = run(["verify", *iaf[:2], f"{EX / 'digits_lif.py'}:build_encoder", *iaf[3:]], code=2)
+    assert "the model's forward fails on an input of shape" in out and "--arch-kwargs" in out
+
+
+def test_plain_lif_multi_spike_with_delayed_reset_is_refused():
+    import importlib.util
+
+    from neurodeploy.converters.neurons import from_timestepped
+    from neurodeploy.errors import UnsupportedOpError
+
+    spec = importlib.util.spec_from_file_location("digits_lif_demo2", EX / "digits_lif.py")
+    dl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dl)
+    enc = dl.build_encoder(timesteps=3)
+    enc.lif1.multi_spike = True  # with reset_delay=True: no such neuron in any framework
+    with pytest.raises(UnsupportedOpError, match="multi_spike"):
+        from_timestepped(enc, torch.rand(2, 1, 8, 8), 3)

@@ -32,7 +32,9 @@ name and module path, never imported here):
   (bool) attributes and a ``reset_state()`` method: read with snnTorch ``Leaky``'s equations (strict
   firing ``mem > threshold``; the reset ``r = (mem_prev > threshold)`` subtracted one step later when
   ``reset_delay``, as Leaky's default), which the module must compute itself
-  (``examples/digits_lif.py`` ``LIF`` is the reference form).
+  (``examples/digits_lif.py`` ``LIF`` is the reference form). ``multi_spike = True`` (with
+  ``reset_delay=False``, subtract): sinabs' MultiSpike instead, ``floor(mem/θ)`` spikes where
+  ``mem >= θ``, subtracted in the same step.
 """
 
 from __future__ import annotations
@@ -162,8 +164,13 @@ def neuron_from_plain(m: nn.Module, path: str) -> ir.LIFNeuron:
     if reset not in ("subtract", "zero"):
         _refuse(path, f"plain LIF module with reset_mechanism={reset!r}", "reset_mechanism='subtract' or 'zero'")
     beta = _array_or_scalar(torch.as_tensor(m.beta).clamp(0, 1))
+    multi = bool(getattr(m, "multi_spike", False))
+    if multi and (m.reset_delay or reset != "subtract"):
+        _refuse(path, "plain LIF module with multi_spike and a delayed or zero reset",
+                "multi_spike=True with reset_mechanism='subtract', reset_delay=False (sinabs IAF)")
     return ir.LIFNeuron(beta=beta, gain=1.0, threshold=_scalar(torch.as_tensor(m.threshold), "threshold", path),
-                        reset=reset, firing="strict", reset_timing="next_step" if m.reset_delay else "same_step",
+                        reset=reset, firing="multi" if multi else "strict",
+                        reset_timing="next_step" if m.reset_delay else "same_step",
                         v_init=0.0, source=path, meta={"framework": "neurodeploy_lif", "module": type(m).__name__})
 
 
