@@ -339,6 +339,13 @@ def verify(model, *, data, target: str = "sim", timesteps, input_layout=None, li
     return verify_model(m, x, target=target, x_calib=calib, runtime=runtime, y=_labels(data, limit))
 
 
+def mark_event_input(m: TimeSteppedModel, x: np.ndarray) -> None:
+    """Event data (a time axis, non-negative integer values) is spikes: the first layer then costs
+    SynOps (spikes × fan-out), not dense MACs, in the profile."""
+    if x.ndim == len(_shape(m)) + 2 and x.size and x.min() >= 0 and np.array_equal(x, np.floor(x)):
+        m.graph.nodes[m.graph.input_names()[0]].is_spikes = True
+
+
 # ---- profile ----------------------------------------------------------------------------------
 
 def profile(model, *, data, timesteps, input_layout=None, limit=None, energy: dict | None = None,
@@ -349,6 +356,7 @@ def profile(model, *, data, timesteps, input_layout=None, limit=None, energy: di
     m = load_timestepped(model, timesteps=timesteps, input_layout=input_layout, x=x_raw, convention=convention,
                          **load_options)
     x = graph_data(x_raw, ir.timesteps(m.graph), _shape(m))
+    mark_event_input(m, x)
     return profile_timestepped(m.graph, torch.as_tensor(_gx(m, x), dtype=torch.float64), **(energy or {}))
 
 
@@ -459,6 +467,7 @@ def compile(model, *, target: str = "sim", out_dir, timesteps, input_layout=None
         write_nir(m.graph, art.path("network.nir"))
         _emit_target(target, m.graph, None if calib is None else _gx(m, calib), art)
         if x is not None and profile:
+            mark_event_input(m, x)
             res.profile = profile_timestepped(m.graph, torch.as_tensor(_gx(m, x), dtype=torch.float64),
                                               **(energy or {}))
             write_json(art.path("profile_timestepped.json"), res.profile)

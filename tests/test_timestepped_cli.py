@@ -214,6 +214,8 @@ def test_demo_iaf_variant_on_speck_with_event_frames():
     assert rep["end_task"]["speck"] > 0.8
     out = run(["inspect", *iaf[:-4]])
     assert "LIFNeuron" in out
+    prof = json.loads(run(["profile", *iaf, "--format", "json"]))  # event frames are spikes: SynOps, no MACs
+    assert prof["total"]["macs"] == 0 and prof["layers"]["fc1"]["input"] == "spikes" and prof["total"]["synops"] > 0
     out = run(["verify", *iaf[:2], f"{EX / 'digits_lif.py'}:build_encoder", *iaf[3:]], code=2)
     assert "the model's forward fails on an input of shape" in out and "--arch-kwargs" in out
 
@@ -231,3 +233,40 @@ def test_plain_lif_multi_spike_with_delayed_reset_is_refused():
     enc.lif1.multi_spike = True  # with reset_delay=True: no such neuron in any framework
     with pytest.raises(UnsupportedOpError, match="multi_spike"):
         from_timestepped(enc, torch.rand(2, 1, 8, 8), 3)
+
+
+SJ_ARCH = """
+from torch import nn
+from spikingjelly.activation_based import neuron
+
+
+def build_model():
+    return nn.Sequential(nn.Flatten(2), nn.Linear(12, 16), neuron.LIFNode(tau=2.0, step_mode="m"),
+                         nn.Linear(16, 4), neuron.IFNode(step_mode="m", v_reset=None))
+"""
+
+
+def test_spikingjelly_multi_step_checkpoint_with_event_data_tn_layout(tmp_path):
+    sj = pytest.importorskip("spikingjelly.activation_based.neuron")  # noqa: F841
+    import importlib.util
+
+    (tmp_path / "sj.py").write_text(SJ_ARCH)
+    spec = importlib.util.spec_from_file_location("sj_cli_arch", tmp_path / "sj.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(2)
+    net = mod.build_model()
+    with torch.no_grad():
+        net[1].weight.mul_(3.0)
+        net[3].weight.abs_().mul_(3.0)
+    torch.save(net.state_dict(), tmp_path / "sj.pt")
+    x = (np.random.default_rng(3).random((7, 5, 3, 4)) < 0.6).astype(np.float32)  # [N, T, 3, 4] events
+    np.savez(tmp_path / "x.npz", x=x)
+    args = [str(tmp_path / "sj.pt"), "--arch", f"{tmp_path / 'sj.py'}:build_model", "--timesteps", "5",
+            "--input-layout", "TN", "--input-shape", "3,4", "--data", str(tmp_path / "x.npz")]
+    rep = json.loads(run(["verify", *args, "--json"]))
+    with torch.no_grad():  # the model's own output spikes, run here on [T, N, ...]
+        from spikingjelly.activation_based import functional
+        functional.reset_net(net)
+        want = net(torch.as_tensor(x).transpose(0, 1)).sum()
+    assert rep["ok"] and rep["conversion"]["layers"]["4"]["spikes_model"] == int(want) > 0
