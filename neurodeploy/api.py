@@ -235,6 +235,9 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
             write_nir_pulse(prepared.canonical, art.path("network_pulse.nir"))
         if dataset is not None and profile:
             result.profile = run_profile(quantized, dataset.x, energy=energy)
+            if (art.tmp / "speck_host_program.json").exists():  # the deployed layer barrier's cost
+                import json
+                result.profile.barrier = json.loads((art.tmp / "speck_host_program.json").read_text())["cost"]
             art.path("profile.json").write_text(result.profile.format("json"))
             art.path("profile.csv").write_text(result.profile.format("csv"))
             result.profile.plot(art.path("profile.png"))
@@ -541,9 +544,13 @@ def profile(model: str | Path, *, data: str | Path, target: str = "sim", limit: 
     source = open_source(data, image_size=int(shape[-1]) if shape and len(shape) == 3 else 224)
     head, _ = calibration_head(source, shape, limit)
     calib, _ = calibration_inputs(calibration, head, shape)
-    quantized = get_target(target).quantize(prepared.canonical, calibration=calib)
-    return stream_profile(quantized, source, input_shape=shape, energy=energy, limit=limit,
-                          batch_size=batch_size or DEFAULT_BATCH, runner=runner)
+    tgt = get_target(target)
+    quantized = tgt.quantize(prepared.canonical, calibration=calib)
+    report = stream_profile(quantized, source, input_shape=shape, energy=energy, limit=limit,
+                            batch_size=batch_size or DEFAULT_BATCH, runner=runner)
+    if hasattr(tgt, "barrier_cost"):  # Speck: what the deployed layer barrier adds
+        report.barrier = tgt.barrier_cost(quantized)
+    return report
 
 
 def speck_barrier_cost_text(host_program_path) -> str:

@@ -59,6 +59,9 @@ __all__ = ["LayerProfile", "ProfileReport", "profile", "fanout_map"]
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
+# Speck's per-core SynOps/s bandwidth is not published (REFERENCE §3): an assumed figure, as in
+# benchmarks/bench_speck_barrier.py, used only for the barrier's latency estimate.
+SPECK_SYNOPS_PER_S = 1e8
 
 _STRUCTURAL = (ir.SumPool2d, ir.Flatten, ir.Reshape, ir.Add, ir.Scale)  # SumPool2d covers AvgPool2d
 
@@ -96,6 +99,27 @@ class ProfileReport:
     n_samples: int = 1
     notes: list[str] = field(default_factory=list)
     host: dict | None = None  # host work and the values crossing chip <-> host (None: no host ops)
+    barrier: dict | None = None  # Speck's layer barrier cost (targets.speck.barrier.barrier_cost), if deployed
+
+    def barrier_summary(self, synops_per_s: float = SPECK_SYNOPS_PER_S) -> dict | None:
+        """The barrier's cost against the layer-synchronous profile: host gate events, gate SynOps and
+        the SynOps factor, extra kernel memory, and a latency estimate. The barrier releases one layer
+        after the other, so its latency is the sum over layers of (data + gate SynOps) / the per-core
+        SynOps/s bandwidth (an assumed figure: SynSense does not publish it)."""
+        if not self.barrier:
+            return None
+        data = {r.name: float(r.synops or 0) for r in self.layers}
+        gate = {c["layer"]: float(c["gate_synops"]) for c in self.barrier["layers"]}
+        total_data = sum(data.values())
+        total_gate = sum(gate.values())
+        serial = sum(data.get(n, 0.0) + g for n, g in gate.items())
+        return {"host_gate_events": int(self.barrier["host_events_per_sample"]),
+                "sequence_points": int(self.barrier["sequence_points_per_sample"]),
+                "gate_synops": total_gate,
+                "synops_factor": (total_data + total_gate) / total_data if total_data else None,
+                "extra_features": {c["layer"]: c["extra_features"] for c in self.barrier["layers"]},
+                "kernel_memory_extra": {c["layer"]: c["kernel_memory_extra"] for c in self.barrier["layers"]},
+                "latency_s": serial / synops_per_s, "assumed_synops_per_s_per_core": synops_per_s}
 
     def row(self, name: str) -> LayerProfile:
         for r in self.layers:
@@ -112,6 +136,7 @@ class ProfileReport:
                        "synops": "sum over input spikes of exact fan-out (value x fan-out)"},
             "notes": list(self.notes),
             **({"host": self.host} if self.host else {}),
+            **({"speck_barrier": {"cost": self.barrier, "summary": self.barrier_summary()}} if self.barrier else {}),
         }
 
     def format(self, fmt: str = "table") -> str:
@@ -149,6 +174,15 @@ class ProfileReport:
                            f"chip -> host {_cell(h['to_host_values'])} values ({_cell(h['to_host_spikes'])} spikes), "
                            f"host -> chip {_cell(h['from_host_values'])} values ({_cell(h['from_host_spikes'])} "
                            f"spikes) per sample")
+            b = self.barrier_summary()
+            if b:
+                mem = ", ".join(f"{k} +{v}" for k, v in b["kernel_memory_extra"].items())
+                factor = f"{b['synops_factor']:.2f}x" if b["synops_factor"] else "n/a"
+                out.append(f"Speck layer barrier: {b['host_gate_events']} host gate events and {b['sequence_points']} "
+                           f"sequence points per sample; gate SynOps {_cell(b['gate_synops'])} (total SynOps {factor} the "
+                           f"table's); "
+                           f"extra kernel words per layer: {mem}; latency ~{1e3 * b['latency_s']:.3g} ms at an "
+                           f"assumed {b['assumed_synops_per_s_per_core']:.0e} SynOps/s per core")
             return "\n".join(out) + "\n"
         raise NeurodeployError(f"unknown profile format {fmt!r}", fix="use 'table', 'json' or 'csv'")
 

@@ -51,6 +51,16 @@ class SpeckTarget(Target):
         return {"layer_to_core": m.layer_to_core, "memory": m.memory,
                 "report": mapping_mod.memory_report(rep.net.layers, m)}
 
+    def barrier_cost(self, graph: ir.Graph, core_map: dict | None = None, **options) -> dict | None:
+        """The layer barrier's cost on the chip (``barrier.barrier_cost``: host gate events, extra
+        features and kernel memory per core, gate SynOps) for a graph quantised for it, else None."""
+        if not (graph.is_quantized and _uses_barrier(options) and "barrier" in graph.metadata):
+            return None
+        from . import barrier as bmod
+        plan = bmod.plan_barrier(graph, **_barrier_options(options))
+        layer_to_core = self.map(graph, core_map, **options)["layer_to_core"]
+        return bmod.barrier_cost(drc.run_drc(graph.copy(), core_map).net, layer_to_core, plan)
+
     def emit(self, graph: ir.Graph, out_dir: Path, *, core_map: dict | None = None, bias_mode: str = "initial",
              calibration=None, mapping: dict | None = None, **options) -> dict[str, Path]:
         """Write ``speck_config.json``, ``core_map.json``, ``memory_report.txt`` (+ samna files).
