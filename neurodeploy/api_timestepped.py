@@ -101,7 +101,7 @@ def load_timestepped(model, *, timesteps, input_layout: str | None = None, arch:
 
         g = from_nir(model, timesteps=T, convention=convention)
         return TimeSteppedModel(g, None, "NT", "nir", sha256_file(model),
-                                {"timesteps": T, "convention": convention})
+                                {"timesteps": T, "convention": convention, "path": str(model)})
     if input_layout is None:
         raise NeurodeployError("a time-stepped PyTorch model needs --input-layout: how its forward takes the input",
                                fix=f"pass --input-layout: {LAYOUT_HELP}")
@@ -294,11 +294,60 @@ def _end_task(m: TimeSteppedModel, rep: TimeSteppedVerify, x, y, ours: dict | No
         rep.end_task[rep.target] = probe_accuracy(m.probe, ours[last], y)
 
 
+def sinabs_reference(m: TimeSteppedModel, N: int):
+    """For a NIR file read in sinabs' convention: the module ``sinabs.from_nir`` builds from it (what a
+    sinabs user runs) and the graph with its time layout, so that verification compares against
+    the writer's framework, not against our own reading. None where that does not apply."""
+    if m.module is not None or "path" not in m.options:
+        return None
+    lif = m.graph.of_type(ir.LIFNeuron)
+    if not lif or any(m.graph.nodes[n].meta.get("nir_convention") != "sinabs" for n in lif):
+        return None
+    try:
+        import nir
+        import sinabs
+    except ImportError:
+        return None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = sinabs.from_nir(nir.read(m.options["path"], type_check=False), batch_size=N,
+                              num_timesteps=ir.timesteps(m.graph))
+    g = m.graph.copy()
+    names = {n for n, _ in net.named_modules()}
+    for n in lif:
+        node = g.nodes[n]
+        name = node.source[4:] if node.source.startswith("nir:") else node.source  # our reader's "nir:NODE"
+        if name not in names:
+            return None
+        node.source = name
+        node.meta["time_layout"] = "N*T"
+    return net, g
+
+
 def verify_model(m: TimeSteppedModel, x: np.ndarray, *, target: str = "sim", x_calib=None,
                  runtime: str = "sim", y=None) -> TimeSteppedVerify:
     from .verify_timestepped import verify_timestepped
 
     _check_target(target)
+    T = ir.timesteps(m.graph)
+    sref = sinabs_reference(m, int(x.shape[0]))
+    if sref is not None:
+        net, g = sref
+        xt = torch.as_tensor(_gx(m, x), dtype=torch.float32)
+        if xt.dim() == len(_graph_shape(m.graph)) + 1:
+            xt = xt.unsqueeze(1).expand((xt.shape[0], T) + tuple(xt.shape[1:]))
+        conv = verify_timestepped(net, g, _gx(m, x), model_input=xt.reshape((-1,) + tuple(xt.shape[2:])))
+        rep = TimeSteppedVerify(target, conv, None, reference="sinabs.from_nir module")
+        if target == "sim":
+            return rep
+        from .converters.neurons import model_spike_trains
+
+        ref = model_spike_trains(net, g, xt.reshape((-1,) + tuple(xt.shape[2:])))
+        ours, info = target_trains(target, m.graph, _gx(m, x), _gx(m, x if x_calib is None else x_calib))
+        rep.precision = agreement(ours, ref)
+        return rep
     if m.module is not None:
         conv = verify_timestepped(m.module, m.graph, _gx(m, x), model_input=model_input(x, ir.timesteps(m.graph), m.layout,
                                                                                 _shape(m)))

@@ -160,7 +160,8 @@ def test_sinabs_to_nir_file_compiles_for_speck(tmp_path):
     out_dir = tmp_path / "out"
     out = run(["compile", str(tmp_path / "iaf.nir"), "--timesteps", str(steps), "--data", str(tmp_path / "x.npz"),
                "-t", "speck", "-o", str(out_dir), "--verify"])
-    assert "for 'speck'" in out and "precision (speck integer program" in out
+    assert "for 'speck'" in out and "precision (speck integer program vs sinabs.from_nir module" in out
+    assert "float64 IR simulation vs sinabs.from_nir module" in out and "spike trains identical at every step" in out
     assert (out_dir / "speck_config.json").is_file() and (out_dir / "network.nir").is_file()
     out = run(["verify", str(tmp_path / "iaf.nir"), "--data", str(tmp_path / "x.npz")], code=2)
     assert "--timesteps T" in out
