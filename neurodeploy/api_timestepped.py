@@ -294,26 +294,30 @@ def _end_task(m: TimeSteppedModel, rep: TimeSteppedVerify, x, y, ours: dict | No
         rep.end_task[rep.target] = probe_accuracy(m.probe, ours[last], y)
 
 
-def sinabs_reference(m: TimeSteppedModel, N: int):
-    """For a NIR file read in sinabs' convention: the module ``sinabs.from_nir`` builds from it (what a
-    sinabs user runs) and the graph with its time layout, so that verification compares against
-    the writer's framework, not against our own reading. None where that does not apply."""
+def nir_reference(m: TimeSteppedModel, N: int):
+    """For a NIR file read in sinabs' convention: the module ``sinabs.from_nir`` builds from it (what
+    sinabs users run), the graph with that module's names and time layout, and the module's input
+    layout, so that verification compares against the writer's framework, not against our own
+    reading. None where that does not apply (another convention, sinabs not installed, names that
+    differ). Not for snnTorch files: snnTorch 1.0's ``import_from_nir`` does not reproduce the model
+    it exported (τ = inf layers get NaN weights, leaky layers diverge), while our reading does
+    (tests/test_timestepped.py), so it is no reference."""
     if m.module is not None or "path" not in m.options:
         return None
     lif = m.graph.of_type(ir.LIFNeuron)
     if not lif or any(m.graph.nodes[n].meta.get("nir_convention") != "sinabs" for n in lif):
         return None
-    try:
-        import nir
-        import sinabs
-    except ImportError:
-        return None
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = sinabs.from_nir(nir.read(m.options["path"], type_check=False), batch_size=N,
-                              num_timesteps=ir.timesteps(m.graph))
+    try:
+        import nir
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import sinabs
+            net = sinabs.from_nir(nir.read(m.options["path"], type_check=False), batch_size=N,
+                                  num_timesteps=ir.timesteps(m.graph))
+    except ImportError:
+        return None
     g = m.graph.copy()
     names = {n for n, _ in net.named_modules()}
     for n in lif:
@@ -332,19 +336,20 @@ def verify_model(m: TimeSteppedModel, x: np.ndarray, *, target: str = "sim", x_c
 
     _check_target(target)
     T = ir.timesteps(m.graph)
-    sref = sinabs_reference(m, int(x.shape[0]))
-    if sref is not None:
-        net, g = sref
+    nref = nir_reference(m, int(x.shape[0]))
+    if nref is not None:
+        net, g = nref
         xt = torch.as_tensor(_gx(m, x), dtype=torch.float32)
         if xt.dim() == len(_graph_shape(m.graph)) + 1:
             xt = xt.unsqueeze(1).expand((xt.shape[0], T) + tuple(xt.shape[1:]))
-        conv = verify_timestepped(net, g, _gx(m, x), model_input=xt.reshape((-1,) + tuple(xt.shape[2:])))
+        xm = xt.reshape((-1,) + tuple(xt.shape[2:]))  # sinabs Squeeze layers: [N·T, ...]
+        conv = verify_timestepped(net, g, _gx(m, x), model_input=xm)
         rep = TimeSteppedVerify(target, conv, None, reference="sinabs.from_nir module")
         if target == "sim":
             return rep
         from .converters.neurons import model_spike_trains
 
-        ref = model_spike_trains(net, g, xt.reshape((-1,) + tuple(xt.shape[2:])))
+        ref = model_spike_trains(net, g, xm)
         ours, info = target_trains(target, m.graph, _gx(m, x), _gx(m, x if x_calib is None else x_calib))
         rep.precision = agreement(ours, ref)
         return rep
