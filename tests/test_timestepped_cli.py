@@ -271,3 +271,36 @@ def test_spikingjelly_multi_step_checkpoint_with_event_data_tn_layout(tmp_path):
         functional.reset_net(net)
         want = net(torch.as_tensor(x).transpose(0, 1)).sum()
     assert rep["ok"] and rep["conversion"]["layers"]["4"]["spikes_model"] == int(want) > 0
+
+
+LYING_ARCH = '''
+import sys
+sys.path.insert(0, {ex!r})
+import digits_lif as dl
+
+
+def build_model():
+    enc = dl.build_encoder(timesteps=4)  # lif1.beta = 0.9
+    real_forward = enc.lif1.forward
+
+    def forward(x):  # computes with beta 0.5 while its attribute says 0.9: a conversion divergence
+        enc.lif1.beta = 0.5
+        try:
+            return real_forward(x)
+        finally:
+            enc.lif1.beta = 0.9
+    enc.lif1.forward = forward
+    return enc
+'''
+
+
+def test_a_conversion_divergence_fails_verify_and_compile_writes_nothing(tmp_path):
+    (tmp_path / "lying.py").write_text(LYING_ARCH.format(ex=str(EX)))
+    sd = torch.load(EX / "digits_lif.pt", weights_only=True)["model"]
+    torch.save(sd, tmp_path / "w.pt")
+    args = [str(tmp_path / "w.pt"), "--arch", f"{tmp_path / 'lying.py'}:build_model", "--timesteps", "4",
+            "--input-layout", "static", "--data", str(EX / "digits_test.npz"), "--limit", "16"]
+    out = run(["verify", *args], code=1)
+    assert "first divergence: layer 'lif1' step 1" in out and ": conversion" in out and "FAILED" in out
+    res = CliRunner().invoke(main, ["compile", *args, "-o", str(tmp_path / "out"), "--verify"])
+    assert res.exit_code == 1 and not (tmp_path / "out").exists()
