@@ -124,7 +124,11 @@ def calibration_inputs(calibration, dataset: Dataset | None, input_shape=None) -
     """The inputs quantisers choose scales from, and a note saying where they came from: the
     ``--calibration`` file, else the ``--data`` inputs (they double as calibration), else none."""
     if calibration:
-        return load_data(calibration, input_shape=input_shape).x, f"calibration file {Path(calibration).name}"
+        from .calibration_sample import sample_calibration
+
+        sample = sample_calibration(calibration, input_shape)
+        extra = "" if len(sample.x) == sample.total else f" ({sample.describe()})"
+        return sample.x, f"calibration file {Path(calibration).name}{extra}"
     if dataset is not None:
         return dataset.x, (f"--data {Path(dataset.path).name} (no --calibration given: the data double "
                            "as calibration)")
@@ -196,8 +200,9 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
     tgt = get_target(target)
     target_options = dict(target_options or {})
     shape = prepared.options["input_shape"]
-    dataset = load_data(data, limit, input_shape=shape) if data else None
+    source, dataset, partial = _compile_data(data, shape, limit)  # dataset: the first samples (streamed on)
     calib, calib_note = calibration_inputs(calibration, dataset, shape)
+    calib_note += "" if calibration or dataset is None else partial
     if calibration_record:
         calib_note = f"calibration record {Path(calibration_record).name}"
     split = _host_rest_split(tgt, prepared.canonical, calib) if host_rest else None
@@ -234,7 +239,8 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
             from .nir_pulse import write_nir_pulse
             write_nir_pulse(prepared.canonical, art.path("network_pulse.nir"))
         if dataset is not None and profile:
-            result.profile = run_profile(quantized, dataset.x, energy=energy)
+            from .streaming import stream_profile
+            result.profile = stream_profile(quantized, source, input_shape=shape, energy=energy, limit=limit)
             if (art.tmp / "speck_host_program.json").exists():  # the deployed layer barrier's cost
                 import json
                 result.profile.barrier = json.loads((art.tmp / "speck_host_program.json").read_text())["cost"]
@@ -249,12 +255,15 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
                 result.calibration_effect.plot(art.path("calibration.png"))
         if dataset is not None and verify and split:
             from .split import verify_split
-            result.verify = verify_split(prepared, split, quantized, dataset, art.tmp, calibration_note=calib_note)
+            result.verify = verify_split(prepared, split, quantized, load_data(data, limit, input_shape=shape),
+                                         art.tmp, calibration_note=calib_note)
             write_json(art.path("verify.json"), result.verify.to_dict())
             if not result.verify.ok():
                 art.discard()
         elif dataset is not None and verify:
-            result.verify = verify_prepared(prepared, quantized, dataset, target=target, calibration_note=calib_note)
+            from .streaming import stream_verify
+            result.verify = stream_verify(prepared, quantized, source, limit=limit, target=target,
+                                          calibration_note=calib_note)
             write_json(art.path("verify.json"), result.verify.to_dict())
             if not result.verify.ok():
                 art.discard()
@@ -265,6 +274,19 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
         names = sorted([*result.manifest["artefacts"], "manifest.json"])
         result.artifacts = {name: str(Path(out_dir) / name) for name in names}
     return result
+
+
+def _compile_data(data, shape, limit):
+    """(DataSource, its first samples, a note when they are not all of it) for compile's ``--data``
+    (any source :mod:`neurodeploy.datasets` reads); profile and verify stream the source batch by batch."""
+    if not data:
+        return None, None, ""
+    from .datasets import open_source
+    from .streaming import calibration_head
+
+    source = open_source(data, image_size=int(shape[-1]) if shape and len(shape) == 3 else 224)
+    head, partial = calibration_head(source, shape, limit)
+    return source, head, partial
 
 
 def _host_rest_split(tgt, canonical: ir.Graph, calib):
@@ -304,9 +326,10 @@ def _calibration_stage(target: str, canonical, quantized, calibration, calib, re
 
 
 def calibrate(model: str | Path, *, target: str, calibration: str | Path, out: str | Path,
-              target_options: dict | None = None, **load_options) -> dict:
-    """Search the target's calibration on ``calibration`` (an ``.npz`` with ``x``) and write the
-    record to ``out`` (atomically); returns the record."""
+              target_options: dict | None = None, max_samples: int | None = None, **load_options) -> dict:
+    """Search the target's calibration on ``calibration`` (an ``.npz`` with ``x``, or any source
+    :mod:`neurodeploy.datasets` reads: a deterministic subsample of at most ``max_samples``, see
+    :mod:`neurodeploy.calibration_sample`) and write the record to ``out`` (atomically); returns it."""
     from .targets import calibrate as stage
     from .targets import get_target
 
@@ -316,10 +339,12 @@ def calibrate(model: str | Path, *, target: str, calibration: str | Path, out: s
     check_output_file = Path(out)
     if check_output_file.resolve() in {Path(p).resolve() for p in (model, calibration)}:
         raise NeurodeployError(f"-o {out} would overwrite an input file", fix="choose another output path")
+    from .calibration_sample import sample_calibration
+
     prepared = prepare(model, **load_options)
-    x = load_data(calibration, input_shape=prepared.options["input_shape"]).x
-    _check(get_target(target), prepared.canonical, x)
-    _, record = stage.run(target, prepared.canonical, x, data_path=calibration, target_options=target_options)
+    sample = sample_calibration(calibration, prepared.options["input_shape"], max_samples=max_samples)
+    _check(get_target(target), prepared.canonical, sample.x)
+    _, record = stage.run(target, prepared.canonical, sample.x, target_options=target_options, sample=sample)
     write_json(out, record)
     return record
 
@@ -341,14 +366,26 @@ def _versions() -> dict:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
+def _data_entry(data) -> dict | None:
+    """A data file's name and sha256; a folder / glob (streamed, possibly larger than memory) is not
+    hashed whole: its name and sample count."""
+    if not data:
+        return None
+    if Path(str(data)).is_file() and not str(data).endswith(".npy"):
+        return {"path": Path(data).name, "sha256": sha256_file(data)}
+    from .datasets import open_source
+
+    return {"path": Path(str(data)).name, "sha256": None, "samples": open_source(data).n_samples}
+
+
 def _manifest(model, target, prepared: Prepared, folder: Path, data, calibration, emit, target_options) -> dict:
     artefacts = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
     return {
         "generator": GENERATOR,
         "manifest_version": MANIFEST_VERSION,
         "input": {"path": Path(model).name, "sha256": prepared.loaded.sha256, "format": prepared.loaded.format},
-        "data": {"path": Path(data).name, "sha256": sha256_file(data)} if data else None,
-        "calibration": {"path": Path(calibration).name, "sha256": sha256_file(calibration)} if calibration else None,
+        "data": _data_entry(data),
+        "calibration": _data_entry(calibration),
         "target": target,
         "options": {**prepared.options, "emit": sorted(emit), "target_options": target_options},
         "versions": _versions(),
@@ -524,10 +561,28 @@ def calibration_effect(before, after, dataset: Dataset, calibration, data, recor
     from .calibration.record import read_record
 
     name = f"{Path(str(data)).name} ({len(dataset.x)} samples)"
-    calib_sha = read_record(record).get("data_sha256") if record else sha256_file(calibration)
-    if Path(str(data)).is_file() and sha256_file(data) == calib_sha:
+    if _same_data(data, calibration, read_record(record) if record else None):
         return CalibrationEffect(name, note="--data is the --calibration file: no held-out data to measure on")
     return measure(before, after, dataset.x, name)
+
+
+def _same_data(data, calibration, record: dict | None) -> bool:
+    """True when ``data`` is the calibration data: the same file, or (shards, globs, records written
+    by 'calibrate') the same calibration subsample by content (:mod:`neurodeploy.calibration_sample`)."""
+    from .calibration_sample import sample_calibration
+
+    def plain(p):
+        return Path(str(p)).is_file() and not str(p).endswith(".npy")
+
+    calib_sha = record.get("data_sha256") if record else None
+    if plain(data) and (sha256_file(data) == calib_sha or (calibration and plain(calibration)
+                                                            and sha256_file(data) == sha256_file(calibration))):
+        return True
+    if record:
+        return calib_sha == sample_calibration(data, max_samples=record.get("data_samples")).digest
+    if plain(data) and plain(calibration):
+        return False
+    return sample_calibration(data).digest == sample_calibration(calibration).digest
 
 
 def profile(model: str | Path, *, data: str | Path, target: str = "sim", limit: int | None = None,

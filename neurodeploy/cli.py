@@ -280,10 +280,10 @@ def _speck_bias_options(target: str, kw: dict) -> dict:
               "succeeded; an existing folder is replaced only if it is a previous neurodeploy output.")
 @click.option("--force", is_flag=True, help="Write into an existing -o folder that holds other files: they are "
               "kept, never deleted or overwritten.")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False),
-              help=".npz with x (and y): profile and verify on these inputs.")
-@click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
-              help=".npz with x: lets the target choose quantisation scales from data (default: --data "
+@click.option("--data", help="Profile and verify on these inputs: an .npz with x (and y), a folder / glob of "
+              ".npz shards, a memory-mapped .npy or an image folder, read batch by batch.")
+@click.option("--calibration",
+              help=".npz with x (or shards / .npy / image folder: a deterministic subsample): lets the target choose quantisation scales from data (default: --data "
               "doubles as calibration); for loihi and speck it also runs the layer-wise calibration search.")
 @click.option("--calibration-record", type=click.Path(exists=True, dir_okay=False),
               help="JSON written by 'neurodeploy calibrate': use its parameters instead of searching (refused "
@@ -348,16 +348,21 @@ def compile_cmd(target, out_dir, force, data, calibration, calibration_record, v
 @main.command("calibrate")
 @model_options
 @click.option("--target", "-t", type=click.Choice(["loihi", "speck"]), required=True)
-@click.option("--calibration", type=click.Path(exists=True, dir_okay=False), required=True,
-              help=".npz with x: the calibration inputs (keep the data you verify on apart).")
+@click.option("--calibration", required=True,
+              help="The calibration inputs (keep the data you verify on apart): an .npz with x, a folder / glob "
+              "of .npz shards, a memory-mapped .npy or an image folder. Beyond 2^25 input values (or "
+              "--max-samples) the search runs on evenly spaced samples, stated in the record.")
+@click.option("--max-samples", type=click.IntRange(min=1),
+              help="Search on at most N evenly spaced samples (sample i*total//N).")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
               help="Calibration record (JSON) for 'compile --calibration-record'.")
-def calibrate_cmd(target, calibration, out, **kw):
+def calibrate_cmd(target, calibration, max_samples, out, **kw):
     """Search quantised parameters that keep MODEL's spike counts on --calibration; write a record."""
     from . import api
 
-    rec = api.calibrate(kw.pop("model"), target=target, calibration=calibration, out=out, **_load_options(kw))
-    click.echo(f"calibration record for '{target}' written to {out} ({rec['data_samples']} samples)")
+    rec = api.calibrate(kw.pop("model"), target=target, calibration=calibration, out=out,
+                        max_samples=max_samples, **_load_options(kw))
+    click.echo(f"calibration record for '{target}' written to {out} ({rec.get('data_sampling') or rec['data_samples']})")
     click.echo(f"  {'layer':<28} {'counts equal on calibration data: before -> after':>50}  choice")
     for lr in rec["layers"]:
         b, a = lr["calibration_agreement"]

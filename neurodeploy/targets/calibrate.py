@@ -40,13 +40,17 @@ def _summary(source: str, results) -> dict:
 
 
 def run(target: str, canonical: ir.Graph, x, *, data_path: str | Path | None = None,
-        target_options: dict | None = None) -> tuple[ir.Graph, dict]:
-    """(calibrated quantised graph, calibration record) for calibration inputs ``x``."""
+        target_options: dict | None = None, sample=None) -> tuple[ir.Graph, dict]:
+    """(calibrated quantised graph, calibration record) for calibration inputs ``x``; ``sample`` (a
+    ``calibration_sample.CalibrationSample`` of ``x``) records the data by content and how it was sampled."""
     mod = _module(target)
     options = dict(target_options or {})
     g, results, input_scale = mod.calibrate(canonical, x, **options)
-    record = make_record(g, target, results, data_sha256=sha256_file(data_path) if data_path else None,
+    digest = sample.digest if sample is not None else sha256_file(data_path) if data_path and Path(data_path).is_file() else None
+    record = make_record(g, target, results, data_sha256=digest,
                          n_samples=len(x), input_scale=input_scale, quantizer_options=options)
+    if sample is not None:
+        record.update(sample.record_fields())
     inp = (g.metadata.get("quantization") or {}).get("input")
     record["input"] = None if not inp else {"range": inp.get("range"), "signed": inp.get("signed")}
     g.metadata.setdefault("quantization", {})["calibration"] = _summary(

@@ -1,0 +1,68 @@
+"""Calibration inputs from any data source (:mod:`neurodeploy.datasets`) with bounded memory.
+
+The layer-wise search (:mod:`neurodeploy.calibration`) evaluates the whole network on its inputs for
+every layer, so it runs on a deterministic subsample, not on every sample of a dataset that does not
+fit in memory: all ``N`` samples when they hold at most ``max_values`` numbers (``datasets.
+CALIBRATION_VALUES``, 2^25) and ``max_samples`` allows, else ``k`` evenly spaced ones, sample
+``i·N // k`` for ``i < k``. Indices count samples across the whole source, so one ``.npz`` and the
+same data in shards, a glob or an ``.npy`` give the same inputs, the same digest and the same
+calibration record. Only the chosen samples (and one file of a shard folder) are in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import datasets
+
+
+@dataclass
+class CalibrationSample:
+    x: np.ndarray            # [k, *input_shape] float64
+    total: int               # samples in the source
+    digest: str              # sha256 of the sampled inputs (layout independent)
+
+    def describe(self) -> str:
+        k = len(self.x)
+        return (f"all {k} samples" if k == self.total else
+                f"{k} evenly spaced of {self.total} samples (sample i*{self.total}//{k}, i < {k})")
+
+    def record_fields(self) -> dict:
+        return {"data_total_samples": self.total, "data_sampling": self.describe()}
+
+
+def sample_size(total: int, per_sample: int, max_values: int, max_samples: int | None) -> int:
+    k = min(total, max(1, max_values // max(per_sample, 1)))
+    return k if max_samples is None else max(1, min(k, int(max_samples)))
+
+
+def sample_indices(total: int, k: int) -> np.ndarray:
+    return (np.arange(k, dtype=np.int64) * total) // k
+
+
+def inputs_digest(x: np.ndarray, total: int) -> str:
+    a = np.ascontiguousarray(np.asarray(x, dtype=np.float64)).reshape(len(x), -1)  # however the model reshapes
+    h = hashlib.sha256(f"calibration-sample|{total}|{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def sample_calibration(data, input_shape=None, *, max_samples: int | None = None,
+                       max_values: int = datasets.CALIBRATION_VALUES) -> CalibrationSample:
+    """The calibration subsample of ``data`` (a path, folder or glob: see the module docstring)."""
+    image_size = int(input_shape[-1]) if input_shape and len(input_shape) == 3 else 224
+    source = datasets.open_source(data, image_size=image_size)
+    total = source.n_samples
+    specs = source.shards(1)
+    first = specs[0].read(input_shape).x
+    k = sample_size(total, int(np.prod(first.shape[1:])), max_values, max_samples)
+    x = np.concatenate([specs[int(i)].read(input_shape).x for i in sample_indices(total, k)]) \
+        if k < total else _all(source, input_shape)
+    return CalibrationSample(x, total, inputs_digest(x, total))
+
+
+def _all(source: datasets.DataSource, input_shape) -> np.ndarray:
+    return np.concatenate([ds.x for _, ds in source.batches(datasets.DEFAULT_BATCH * 16, None, input_shape)])
