@@ -253,6 +253,29 @@ class LIFNeuron(Node):
       ``(v > 0) * trunc(v / θ)``, ``MembraneSubtract``, ``min_v_mem`` floor): beta = α =
       exp(−1/τ) (IAF: 1), gain 1 − α (norm_input) or 1, 'multi' (or 'non_strict' for
       SingleSpike), 'same_step'.
+
+    **Synaptic current** (``alpha`` not None; current-based LIF): the input first feeds a current
+    state ``i`` (0 before step 0) with its own decay α, and the membrane integrates ``i``::
+
+        i = alpha·i + I                       (before the membrane update, every step)
+        v = beta·v + gain·i − r·θ              (reset 'subtract'; fire / same-step reset as above)
+        v = (1 − r)·(beta·v + gain·i)           (reset 'zero' with 'next_step': the whole update is zeroed)
+
+    The current is never reset. Where it lands:
+
+    * snnTorch 1.0 ``Synaptic`` (``snntorch/_neurons/synaptic.py``: ``forward`` computes
+      ``self.reset = self.mem_reset(self.mem)`` then ``self.syn, self.mem = self.state_function(input_)``;
+      ``_base_state_function``: ``syn = alpha.clamp(0, 1) * syn + input_``, ``mem = beta.clamp(0, 1)
+      * mem + syn``; ``_base_sub``: ``mem - reset * threshold``; ``_base_zero``: ``mem -= mem2 *
+      reset`` with ``mem2`` the updated membrane; ``fire`` H(mem − θ > 0)): alpha = clamp(α, 0, 1),
+      beta = clamp(β, 0, 1), gain 1, 'strict', reset timing as ``Leaky``.
+    * NIR ``CubaLIF`` (``nir/ir/neuron.py``: τ_syn·dI/dt = −I + w_in·S, τ_mem·dv/dt = (v_leak − v) +
+      R·I, z = H(v > v_threshold)), Euler with dt = 1e-4 as snnTorch writes and reads it
+      (``snntorch/export_nir.py``: ``tau_syn = dt/(1 - alpha)``, ``tau_mem = dt/(1 - beta)``,
+      ``r = tau_mem/dt``, ``w_in = tau_syn/dt``; ``import_nir.py``: ``alpha = 1 - dt/tau_syn``,
+      ``beta = 1 - dt/tau_mem``, input scale ``w_in·dt/tau_syn``): alpha = 1 − dt/τ_syn, beta =
+      1 − dt/τ_mem, gain = (w_in·dt/τ_syn)·(R·dt/τ_mem) (the two input scales folded into one,
+      the current scaled by 1/(w_in·dt/τ_syn)), v_leak = 0 only.
     """
 
     beta: Any = 1.0
@@ -263,6 +286,7 @@ class LIFNeuron(Node):
     reset_timing: str = "same_step"
     v_init: float = 0.0
     v_min: float | None = None
+    alpha: Any = None  # decay of a synaptic current (current-based LIF); None: no current state
 
     def __post_init__(self):
         for value, allowed, what in ((self.reset, LIF_RESETS, "reset"), (self.firing, LIF_FIRING, "firing"),
@@ -273,6 +297,16 @@ class LIFNeuron(Node):
         if not np.isfinite(self.threshold) or self.threshold <= 0:
             raise NeurodeployError(f"threshold {self.threshold!r} of a time-stepped neuron is not positive",
                                    layer=self.source or None, fix="use a finite threshold > 0")
+        if self.alpha is not None:
+            a = np.asarray(self.alpha, dtype=np.float64)
+            if not np.all(np.isfinite(a)) or np.any(a < 0) or np.any(a > 1):
+                raise NeurodeployError("synaptic decay alpha of a time-stepped neuron is not in [0, 1]",
+                                       layer=self.source or None, fix="use 0 <= alpha <= 1 (None: no current)")
+
+    @property
+    def synaptic(self) -> bool:
+        """Whether the neuron has a synaptic current state (current-based LIF)."""
+        return self.alpha is not None
 
     @property
     def leaky(self) -> bool:

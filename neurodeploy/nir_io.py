@@ -82,7 +82,8 @@ Reading foreign NIR files
   threshold ``v_threshold / r`` (both must be uniform), and D = ``default_max_spikes`` (default
   1: one input step of a NIR IF emits at most one spike; pass the model's D when you know it).
 * Leaky or current-based neurons (``LIF``, ``CubaLIF``, ``LI``, ``CubaLI``, ``I``), ``Threshold``,
-  ``Delay`` and nested graphs raise :class:`~neurodeploy.errors.UnsupportedOpError`.
+  ``Delay`` and nested graphs raise (with ``timesteps=T``, ``LIF`` / ``IF`` / ``CubaLIF`` enter as
+  time-stepped neurons: see :func:`from_nir`) :class:`~neurodeploy.errors.UnsupportedOpError`.
 * ``Affine``/``Linear``/``Conv*`` weights become float64; ``padding='same'|'valid'`` is resolved.
 """
 
@@ -589,9 +590,10 @@ def _nir_convention(ng, convention: str) -> str:
     if convention != "auto":
         return convention
     nir = _nir()
-    lifs = [n for n in ng.nodes.values() if isinstance(n, nir.LIF)]
-    if lifs and all(np.allclose(_np(n.r), _np(n.tau) / SNNTORCH_DT, rtol=1e-5)
-                    or np.all(np.isinf(_np(n.tau))) for n in lifs):
+    lifs = [n for n in ng.nodes.values() if isinstance(n, (nir.LIF, nir.CubaLIF))]
+    taus = [_np(n.tau if isinstance(n, nir.LIF) else n.tau_mem) for n in lifs]
+    if lifs and all(np.allclose(_np(n.r), tau / SNNTORCH_DT, rtol=1e-5)
+                    or np.all(np.isinf(tau)) for n, tau in zip(lifs, taus)):
         return "snntorch"
     return "sinabs"
 
@@ -617,8 +619,7 @@ def _lif_from_nir(name: str, nn, source: str, convention: str) -> ir.LIFNeuron:
     """A NIR IF / LIF as the time-stepped neuron the writer's framework runs (see from_nir)."""
     tname = type(nn).__name__
     if tname == "CubaLIF":
-        raise UnsupportedOpError("NIR CubaLIF (synaptic current + membrane, snnTorch Synaptic) is not supported",
-                                 layer=name, fix="nearest supported form: LIF (snnTorch Leaky, sinabs LIF)")
+        return _cubalif_from_nir(name, nn, source, convention)
     theta = _uniform(nn.v_threshold, "v_threshold", name)
     if tname == "LIF" and np.any(_np(nn.v_leak) != 0):
         raise UnsupportedOpError("NIR LIF with v_leak != 0", layer=name, fix="nearest supported form: v_leak = 0")
@@ -644,6 +645,38 @@ def _lif_from_nir(name: str, nn, source: str, convention: str) -> ir.LIFNeuron:
                         reset_timing="next_step", source=source, meta=meta)
 
 
+def _snap_one(scale: np.ndarray) -> np.ndarray:
+    """An input scale the writer meant as 1 (export_to_nir: w_in = tau_syn/dt, r = tau_mem/dt, in
+    float32) is 1; snnTorch's import_from_nir treats it so too (``np.allclose(w_scale, 1.0)``)."""
+    return np.where(np.abs(scale - 1.0) <= 4 * np.finfo(np.float32).eps, 1.0, scale)
+
+
+def _cubalif_from_nir(name: str, nn, source: str, convention: str) -> ir.LIFNeuron:
+    """A NIR CubaLIF as snnTorch's Synaptic that export_to_nir wrote it from (Euler, dt = 1e-4; see
+    :class:`ir.LIFNeuron`, "Synaptic current"): strict firing, subtraction one step later."""
+    if convention != "snntorch":
+        raise UnsupportedOpError("NIR CubaLIF in the sinabs convention: sinabs.to_nir / from_nir have no "
+                                 "current-based LIF", layer=name,
+                                 fix="read it with convention='snntorch' (--nir-convention snntorch)")
+    if np.any(_np(nn.v_leak) != 0):
+        raise UnsupportedOpError("NIR CubaLIF with v_leak != 0", layer=name, fix="nearest supported form: v_leak = 0")
+    theta = _uniform(nn.v_threshold, "v_threshold", name)
+    tau_syn, tau_mem, r, w_in = (_np(a) for a in (nn.tau_syn, nn.tau_mem, nn.r, nn.w_in))
+    if np.any(np.isinf(tau_syn)) or np.any(tau_syn <= 0) or np.any(tau_mem <= 0):
+        raise UnsupportedOpError("NIR CubaLIF with tau_syn = inf or a time constant <= 0", layer=name,
+                                 fix="finite tau_syn > 0 and tau_mem > 0 (tau_mem = inf: no leak)")
+    inf = np.isinf(tau_mem)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        alpha = 1.0 - SNNTORCH_DT / tau_syn
+        beta = np.where(inf, 1.0, 1.0 - SNNTORCH_DT / tau_mem)
+        gain = _snap_one(w_in * SNNTORCH_DT / tau_syn) * _snap_one(np.where(inf, 1.0, r * SNNTORCH_DT / tau_mem))
+    if np.asarray(nn.tau_mem).dtype == np.float32:  # the writer's float32 alpha/beta, recovered exactly
+        alpha, beta, gain = alpha.astype(np.float32), beta.astype(np.float32), gain.astype(np.float32)
+    return ir.LIFNeuron(beta=_lif_param(beta), gain=_lif_param(gain), threshold=theta, reset="subtract",
+                        firing="strict", reset_timing="next_step", alpha=_lif_param(alpha), source=source,
+                        meta={"nir_convention": convention, "nir_type": "CubaLIF"})
+
+
 _LIF_FIELDS = ("threshold", "reset", "firing", "reset_timing", "v_init", "v_min")
 
 
@@ -656,10 +689,13 @@ def _lif_to_nir(node: ir.LIFNeuron, meta: dict):
     for key in _LIF_FIELDS:
         v = getattr(node, key)
         _meta_put(meta, key, float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
-    for key in ("beta", "gain"):
+    for key in ("beta", "gain", "alpha"):
         v = getattr(node, key)
-        _meta_put(meta, key, float(v) if np.ndim(v) == 0 else np.asarray(v, dtype=np.float64))
+        if v is not None:
+            _meta_put(meta, key, float(v) if np.ndim(v) == 0 else np.asarray(v, dtype=np.float64))
     theta = np.full(shape, float(node.threshold), dtype=np.float64)
+    if node.synaptic:
+        return _cubalif_to_nir(node, shape, theta, meta)
     if not node.leaky:
         return nir.IF(r=np.ones(shape), v_threshold=theta, v_reset=np.zeros(shape), metadata=meta)
     beta = np.broadcast_to(np.asarray(node.beta, dtype=np.float64), shape)
@@ -667,6 +703,19 @@ def _lif_to_nir(node: ir.LIFNeuron, meta: dict):
         tau = -1.0 / np.log(beta)
     return nir.LIF(tau=np.array(tau), r=np.ones(shape), v_leak=np.zeros(shape), v_threshold=theta,
                    v_reset=np.zeros(shape), metadata=meta)
+
+
+def _cubalif_to_nir(node: ir.LIFNeuron, shape: tuple, theta: np.ndarray, meta: dict):
+    """A current-based neuron as snnTorch's export_to_nir writes Synaptic (dt = 1e-4, r = tau_mem/dt),
+    the gain carried by w_in (snnTorch's import_from_nir divides the threshold by it)."""
+    nir = _nir()
+    alpha, beta, gain = (np.broadcast_to(np.asarray(v, dtype=np.float64), shape)
+                         for v in (node.alpha, node.beta, node.gain))
+    with np.errstate(divide="ignore"):
+        tau_syn, tau_mem = SNNTORCH_DT / (1.0 - alpha), SNNTORCH_DT / (1.0 - beta)
+    return nir.CubaLIF(tau_syn=np.array(tau_syn), tau_mem=np.array(tau_mem), r=tau_mem / SNNTORCH_DT,
+                       v_leak=np.zeros(shape), v_threshold=theta, v_reset=np.zeros(shape),
+                       w_in=gain * tau_syn / SNNTORCH_DT, metadata=meta)
 
 
 def _lif_from_meta(meta: dict, source: str) -> ir.LIFNeuron:
@@ -677,7 +726,8 @@ def _lif_from_meta(meta: dict, source: str) -> ir.LIFNeuron:
     return ir.LIFNeuron(beta=arr("beta"), gain=arr("gain"), threshold=_m_float(meta, "threshold"),
                         reset=_m_str(meta, "reset"), firing=_m_str(meta, "firing"),
                         reset_timing=_m_str(meta, "reset_timing"), v_init=_m_float(meta, "v_init"),
-                        v_min=_m_float(meta, "v_min"), source=source)
+                        v_min=_m_float(meta, "v_min"), alpha=arr("alpha") if "alpha" in meta else None,
+                        source=source)
 
 
 def from_nir(obj_or_path, *, default_max_spikes: int = 1, timesteps: int | None = None,
@@ -694,6 +744,10 @@ def from_nir(obj_or_path, *, default_max_spikes: int = 1, timesteps: int | None 
     subtractive reset, alpha = exp(-1/tau), IF with min_v_mem = -θ), ``'snntorch'`` (Leaky:
     beta = 1 - dt/tau, dt = 1e-4, input scale r·dt/tau, strict firing, subtraction one step
     later; tau = inf is beta = 1), ``'auto'``: snnTorch when every LIF has r = tau/1e-4.
+    ``CubaLIF`` (snnTorch convention only; sinabs has none) is snnTorch's ``Synaptic`` as
+    export_to_nir wrote it: alpha = 1 - dt/tau_syn, beta = 1 - dt/tau_mem, input scale
+    (w_in·dt/tau_syn)·(r·dt/tau_mem), subtractive reset one step later (snnTorch's own
+    import_from_nir instead rebuilds it as ``Synaptic(reset_mechanism='zero', reset_delay=False)``).
     """
     nir = _nir()
     if isinstance(obj_or_path, (str, os.PathLike)):

@@ -190,9 +190,12 @@ def lif_step(node: ir.LIFNeuron, v: torch.Tensor, current: torch.Tensor,
     theta = float(node.threshold)
     beta, gain = _per_sample(node.beta), _per_sample(node.gain)
     r = lif_fire(node, v) if node.reset_timing == "next_step" and node.reset != "none" else None
-    if node.reset == "zero" and r is not None:
+    zero_first = node.reset == "zero" and r is not None
+    if zero_first and not node.synaptic:
         v = v * (1 - (r > 0).to(v.dtype))
     v = beta * v + gain * current
+    if zero_first and node.synaptic:  # snnTorch Synaptic._base_zero zeroes the whole update
+        v = v * (1 - (r > 0).to(v.dtype))
     if node.reset == "subtract" and r is not None:
         v = v - r * theta
     s = lif_fire(node, v)
@@ -256,7 +259,11 @@ def evaluate_timestepped(graph: ir.Graph, x, quantized: bool = False,
                 v = state.get(name)
                 if v is None:
                     v = torch.full_like(ins[0], float(node.v_init))
-                values[name], state[name] = lif_step(node, v, ins[0], membranes.setdefault(name, [])
+                current = ins[0]
+                if node.synaptic:  # the synaptic current decays and integrates the input first
+                    syn = state.get(name + "/syn", torch.zeros_like(current))
+                    current = state[name + "/syn"] = _per_sample(node.alpha) * syn + current
+                values[name], state[name] = lif_step(node, v, current, membranes.setdefault(name, [])
                                                      if membranes is not None else None)
             elif isinstance(node, ir.IFNeuron):
                 values[name] = spike_count(node, ins[0], False)

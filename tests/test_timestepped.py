@@ -60,7 +60,7 @@ def test_snntorch_leaky_loop_matches_per_step(leaky):
     assert_exact(net, g, x)
 
 
-def test_snntorch_beta_one_is_not_leaky_and_synaptic_is_refused():
+def test_snntorch_beta_one_is_not_leaky_and_alpha_is_refused():  # Synaptic enters: test_timestepped_cuba.py
     net = SnnTorchMLP()
     net.lif1 = snn.Leaky(beta=1.0)
     g = from_timestepped(net, torch.rand(4, 10), T)
@@ -69,12 +69,12 @@ def test_snntorch_beta_one_is_not_leaky_and_synaptic_is_refused():
     class Syn(nn.Module):
         def __init__(self):
             super().__init__()
-            self.fc, self.syn = nn.Linear(3, 3), snn.Synaptic(alpha=0.9, beta=0.8)
+            self.fc, self.syn = nn.Linear(3, 3), snn.Alpha(alpha=0.9, beta=0.8)
 
         def forward(self, x):
             return self.syn(self.fc(x))[0]
 
-    with pytest.raises(NeurodeployError, match=r"(?s)layer 'syn'.*Synaptic.*nearest supported form: snntorch.Leaky"):
+    with pytest.raises(NeurodeployError, match=r"(?s)layer 'syn'.*Alpha.*nearest supported form: snntorch.Leaky"):
         from_timestepped(Syn(), torch.rand(2, 3), 1)
 
 

@@ -18,6 +18,9 @@ name and module path, never imported here):
   self.mem_reset(self.mem)`` then ``self.mem = self.state_function(input_)``; ``_base_sub``:
   ``beta.clamp(0, 1) * mem + input_ - reset * threshold``; ``_base_zero``: ``mem = (1 - reset) *
   mem`` first; ``neurons.py`` ``fire``: ``spike_grad(mem - threshold)``, Heaviside ``> 0``).
+* snnTorch ``Synaptic`` (``snntorch/_neurons/synaptic.py``: as ``Leaky`` plus a current, ``syn =
+  alpha.clamp(0, 1) * syn + input_``, ``mem = beta.clamp(0, 1) * mem + syn``; ``_base_zero``
+  zeroes the updated membrane; see :class:`ir.LIFNeuron`, "Synaptic current").
 * SpikingJelly ``IFNode`` / ``LIFNode`` (``activation_based/neuron.py``: ``IFNode.neuronal_charge``
   ``v = v + x``; ``LIFNode`` ``neuronal_charge_decay_input_reset0``: ``v = v + (x - v) / tau``,
   ``..._no_decay_input_reset0``: ``v = v * (1 - 1 / tau) + x``; ``BaseNode.neuronal_fire``:
@@ -97,18 +100,19 @@ def _refuse(path: str, what: str, nearest: str):
 
 def neuron_from_snntorch(m: nn.Module, path: str) -> ir.LIFNeuron:
     name = type(m).__name__
-    if name != "Leaky":
-        _refuse(path, f"snnTorch {name}", "snntorch.Leaky (one membrane, no synaptic current, no recurrence)")
+    if name not in ("Leaky", "Synaptic"):
+        _refuse(path, f"snnTorch {name}", "snntorch.Leaky or Synaptic (no recurrence, no second-order kernel)")
     if getattr(m, "inhibition", False) or getattr(m, "state_quant", False):
-        _refuse(path, "snnTorch Leaky with inhibition or state_quant", "snntorch.Leaky(inhibition=False, "
+        _refuse(path, f"snnTorch {name} with inhibition or state_quant", f"snntorch.{name}(inhibition=False, "
                 "state_quant=False)")
     if _scalar(m.graded_spikes_factor, "graded_spikes_factor", path) != 1.0:
-        _refuse(path, "snnTorch Leaky with graded_spikes_factor != 1", "snntorch.Leaky(graded_spikes_factor=1)")
+        _refuse(path, f"snnTorch {name} with graded_spikes_factor != 1", f"snntorch.{name}(graded_spikes_factor=1)")
     beta = _array_or_scalar(torch.as_tensor(m.beta).clamp(0, 1))
+    alpha = _array_or_scalar(torch.as_tensor(m.alpha).clamp(0, 1)) if name == "Synaptic" else None
     reset = {"subtract": "subtract", "zero": "zero", "none": "none"}[m._reset_mechanism]
     return ir.LIFNeuron(beta=beta, gain=1.0, threshold=_scalar(m.threshold, "threshold", path), reset=reset,
                         firing="strict", reset_timing="next_step" if m.reset_delay else "same_step",
-                        v_init=0.0, source=path, meta={"framework": "snntorch", "module": name})
+                        v_init=0.0, alpha=alpha, source=path, meta={"framework": "snntorch", "module": name})
 
 
 def neuron_from_spikingjelly(m: nn.Module, path: str) -> ir.LIFNeuron:

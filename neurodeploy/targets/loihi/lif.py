@@ -109,6 +109,9 @@ def lower_lif(graph: ir.Graph, x_calib, *, input_bits: int = 8) -> LifProgram:
         if lif.firing == "multi":
             raise UnsupportedOpError("several spikes per step (sinabs MultiSpike) have no Loihi form", layer=where,
                                      fix="use SingleSpike (one spike per step) for Loihi")
+        if lif.synaptic:
+            raise UnsupportedOpError("a synaptic current (snnTorch Synaptic / NIR CubaLIF) is not lowered to Loihi "
+                                     "yet", layer=where, fix="use a LIF without a current state (snnTorch Leaky)")
         if lif.reset == "none" or lif.v_min is not None or np.ndim(lif.beta) or np.ndim(lif.gain) or lif.v_init:
             raise UnsupportedOpError("per-neuron beta/gain, v_min, v_init or no reset are not lowered to Loihi yet",
                                      layer=where, fix="one beta per layer, reset 'zero' or 'subtract'")

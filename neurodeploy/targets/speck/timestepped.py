@@ -30,6 +30,9 @@ def iaf_violations(graph: ir.Graph) -> list[str]:
             beta = np.asarray(n.beta).reshape(-1)
             out.append(f"{where}: leaky neuron (beta = {beta[0]:.6g}{'...' if beta.size > 1 else ''}): Speck neurons "
                        "have no leak; fix: use IAF neurons (sinabs IAF, SpikingJelly IFNode, snnTorch Leaky(beta=1))")
+        if n.synaptic:
+            out.append(f"{where}: synaptic current (current-based LIF, snnTorch Synaptic / NIR CubaLIF): Speck "
+                       "neurons integrate their input directly; fix: use IAF neurons without a current state")
         if np.any(np.asarray(n.gain) != 1.0):
             out.append(f"{where}: input gain {np.asarray(n.gain).reshape(-1)[0]:.6g} != 1; fix: fold it into the weights")
         if n.reset != "subtract" or n.reset_timing != "same_step":

@@ -1,0 +1,180 @@
+"""Current-based LIF (issue 10): snnTorch ``Synaptic`` and NIR ``CubaLIF`` enter as an
+:class:`ir.LIFNeuron` with a synaptic current (``alpha``), and the simulator's spike trains equal
+snnTorch's own forward, and snnTorch's own NIR reader, step by step."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from neurodeploy import ir, ir_io
+from neurodeploy.converters.neurons import from_timestepped, model_spike_trains
+from neurodeploy.errors import NeurodeployError
+from neurodeploy.nir_io import from_nir, to_nir
+from neurodeploy.simulator import simulate
+from neurodeploy.verify_timestepped import format_report, verify_timestepped
+
+snn = pytest.importorskip("snntorch")
+
+T = 8
+
+
+class SynapticMLP(nn.Module):
+    """As snnTorch's tutorials write it: a loop over T, states from init_synaptic."""
+
+    def __init__(self, **kw):
+        super().__init__()
+        self.fc1, self.lif1 = nn.Linear(10, 24), snn.Synaptic(alpha=0.8, beta=0.85, **kw)
+        self.fc2, self.lif2 = nn.Linear(24, 5), snn.Synaptic(alpha=torch.full((5,), 0.6), beta=0.7, **kw)
+
+    def forward(self, x):
+        syn1, mem1 = self.lif1.init_synaptic()
+        syn2, mem2 = self.lif2.init_synaptic()
+        out = []
+        for _ in range(T):
+            spk1, syn1, mem1 = self.lif1(self.fc1(x), syn1, mem1)
+            spk2, syn2, mem2 = self.lif2(self.fc2(spk1), syn2, mem2)
+            out.append(spk2)
+        return torch.stack(out)
+
+
+def trains_of(model, x):
+    """The model's own spike trains per neuron layer (forward hooks on its snnTorch modules)."""
+    reference = from_timestepped(model, x, T)
+    return reference, model_spike_trains(model, reference, x)
+
+
+@pytest.mark.parametrize("kw", [{}, {"reset_mechanism": "zero"}, {"reset_delay": False},
+                                {"threshold": 0.7, "reset_mechanism": "zero", "reset_delay": False}])
+def test_snntorch_synaptic_matches_its_forward_per_step(kw):
+    torch.manual_seed(1)
+    net = SynapticMLP(**kw)
+    x = torch.rand(32, 10)
+    g = from_timestepped(net, x, T)
+    lif = g.nodes["lif1"]
+    assert lif.synaptic and lif.alpha == pytest.approx(0.8) and lif.beta == pytest.approx(0.85)
+    assert lif.reset == kw.get("reset_mechanism", "subtract")
+    assert lif.reset_timing == ("next_step" if kw.get("reset_delay", True) else "same_step")
+    report = verify_timestepped(net, g, x)
+    assert report["exact"], format_report(report)
+    assert all(r["spikes_model"] > 0 for r in report["layers"].values())
+    # without the current (alpha = 0: syn = input) the neuron is a Leaky: the trains differ
+    leaky = from_timestepped(net, x, T)
+    for n in leaky.of_type(ir.LIFNeuron):
+        leaky.nodes[n].alpha = None
+    assert not np.array_equal(simulate(leaky, x.double()).trains["lif1"], simulate(g, x.double()).trains["lif1"])
+
+
+def test_synaptic_graph_ir_file_round_trip():
+    torch.manual_seed(2)
+    net = SynapticMLP()
+    x = torch.rand(8, 10)
+    g = from_timestepped(net, x, T)
+    back = ir_io.graph_from_bytes(ir_io.graph_to_bytes(g))
+    assert back.nodes["lif1"].alpha == g.nodes["lif1"].alpha
+    assert np.array_equal(back.nodes["lif2"].alpha, g.nodes["lif2"].alpha)
+    assert np.array_equal(simulate(back, x.double()).trains["lif2"], simulate(g, x.double()).trains["lif2"])
+    with pytest.raises(NeurodeployError, match=r"alpha .* not in \[0, 1\]"):
+        ir.LIFNeuron(alpha=1.5)
+
+
+def test_nir_cubalif_from_snntorch_export_matches_the_synaptic_model():
+    from snntorch.export_nir import export_to_nir
+
+    torch.manual_seed(6)
+    net = nn.Sequential(  # nir 1.0.8 needs per-neuron parameter tensors (REFERENCE §6)
+        nn.Linear(10, 24), snn.Synaptic(alpha=torch.full((24,), 0.8), beta=torch.full((24,), 0.85),
+                                        threshold=torch.ones(24), init_hidden=True),
+        nn.Linear(24, 5), snn.Synaptic(alpha=torch.full((5,), 0.5), beta=torch.ones(5), threshold=torch.ones(5),
+                                       init_hidden=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ng = export_to_nir(net, torch.rand(1, 10), ignore_dims=[0])
+    assert [type(n).__name__ for n in ng.nodes.values()].count("CubaLIF") == 2
+    with pytest.raises(NeurodeployError, match=r"(?s)layer '1': NIR node is a leaky CubaLIF.*timesteps=T"):
+        from_nir(ng)
+    with pytest.raises(NeurodeployError, match=r"(?s)layer '1'.*CubaLIF in the sinabs convention.*snntorch"):
+        from_nir(ng, timesteps=T, convention="sinabs")
+    g = from_nir(ng, timesteps=T)
+    lifs = [g.nodes[n] for n in g.of_type(ir.LIFNeuron)]
+    assert [n.meta["nir_convention"] for n in lifs] == ["snntorch"] * 2
+    assert lifs[0].alpha == np.float32(0.8) and lifs[0].beta == np.float32(0.85) and lifs[0].gain == 1.0
+    assert not lifs[1].leaky and lifs[1].alpha == 0.5
+
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return torch.stack([self.net(x) for _ in range(T)])
+
+    x = torch.rand(32, 10) * 1.5
+    reference, ref = trains_of(Loop(), x)
+    ours = simulate(g, x.double()).trains
+    for ours_name, theirs_name in zip(g.of_type(ir.LIFNeuron), reference.of_type(ir.LIFNeuron)):
+        assert np.array_equal(ours[ours_name], ref[theirs_name]), ours_name
+        assert ours[ours_name].sum() > 0
+
+
+def test_our_cubalif_file_runs_the_same_in_snntorch_import_from_nir():
+    """snnTorch's import_from_nir runs a CubaLIF as Synaptic(reset_mechanism='zero',
+    reset_delay=False), threshold divided by the input scale w_in·dt/tau_syn: a graph of that
+    kind, written by to_nir with a gain of 2 in w_in, spikes the same in snnTorch."""
+    from snntorch.import_nir import import_from_nir
+
+    torch.manual_seed(3)
+    net = SynapticMLP(threshold=0.7, reset_mechanism="zero", reset_delay=False)
+    x = torch.rand(32, 10) * 1.5
+    g = from_timestepped(net, x, T)
+    g.nodes["lif1"].gain = 2.0
+    ng = to_nir(g)
+    assert type(ng.nodes["lif1"]).__name__ == "CubaLIF"
+    back = from_nir(ng, timesteps=T)  # our own metadata: exact
+    assert (back.nodes["lif1"].alpha, back.nodes["lif1"].gain) == (g.nodes["lif1"].alpha, 2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        imported = import_from_nir(ng)
+
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = imported
+
+        def forward(self, x):
+            outs, state = [], None
+            for _ in range(T):
+                o, state = self.m(x, state)
+                outs.append(o)
+            return torch.stack(outs)
+
+    reference, ref = trains_of(Loop(), x)
+    assert float(imported.lif1.threshold) == pytest.approx(0.35)  # 0.7 / w_scale 2
+    ours = simulate(g, x.double()).trains
+    for ours_name, theirs_name in zip(g.of_type(ir.LIFNeuron), reference.of_type(ir.LIFNeuron)):
+        assert np.array_equal(ours[ours_name], ref[theirs_name]), ours_name
+        assert ours[ours_name].sum() > 0
+
+
+def test_other_current_based_snntorch_neurons_are_refused_by_name():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.rsyn = nn.Linear(3, 3), snn.RSynaptic(alpha=0.9, beta=0.8, linear_features=3)
+
+        def forward(self, x):
+            return self.rsyn(self.fc(x))[0]
+
+    with pytest.raises(NeurodeployError, match=r"(?s)layer 'rsyn'.*RSynaptic.*nearest supported form: "
+                                               r"snntorch.Leaky or Synaptic"):
+        from_timestepped(Net(), torch.rand(2, 3), 1)
+
+
+def test_speck_refuses_a_synaptic_current_by_layer():
+    from neurodeploy.targets.speck.timestepped import iaf_violations
+
+    g = from_timestepped(SynapticMLP(), torch.rand(2, 10), T)
+    bad = iaf_violations(g)
+    assert any("layer 'lif1': synaptic current" in b for b in bad)
