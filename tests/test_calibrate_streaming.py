@@ -63,3 +63,20 @@ def test_compile_calibrates_on_shards_and_knows_they_are_the_data(calib, tmp_pat
                       calibration=str(root / "shards"), data=str(root / "all.npz"), profile=False)
     assert res.calibration_effect is not None and "no held-out data" in res.calibration_effect.note
     assert res.manifest["calibration"] == {"path": "shards", "sha256": None, "samples": 40}
+
+
+def test_cli_calibrate_on_a_shard_folder_states_the_subsample(calib, tmp_path):
+    from click.testing import CliRunner
+
+    from neurodeploy.cli import main
+
+    root, _ = calib
+    model = [MODEL["model"], "--arch", MODEL["arch"]]
+    rec = tmp_path / "rec.json"
+    r = CliRunner().invoke(main, ["calibrate", *model, "-t", "loihi", "--calibration", str(root / "shards"),
+                                  "--max-samples", "12", "-o", str(rec)])
+    assert r.exit_code == 0, r.output
+    assert "(12 evenly spaced of 40 samples" in r.output and json.loads(rec.read_text())["data_samples"] == 12
+    r = CliRunner().invoke(main, ["calibrate", *model, "-t", "loihi", "--calibration", str(tmp_path / "nope"),
+                                  "-o", str(tmp_path / "r2.json")])
+    assert r.exit_code == 2 and "does not exist" in r.output and not (tmp_path / "r2.json").exists()
