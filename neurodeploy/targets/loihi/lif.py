@@ -8,7 +8,10 @@ as the LIF's ``bias_mant``, which Lava adds from its very first timestep, k + 1 
 k's first input arrives through the synapses (measured: 1–3 spike mismatches per net), but as a
 graded input of its own (a ring buffer and an identity synapse) that starts with the layer's
 first input; ``dv = round(4096·(1 − β))`` (12-bit decay: β is rounded to a
-multiple of 1/4096), ``du = 4095`` (u does not persist: u = a_in·64 each step), and
+multiple of 1/4096), ``du = 4095`` (u does not persist: u = a_in·64 each step, plus the |u| >> 12
+Lava keeps) or, for a synaptic current (snnTorch ``Synaptic`` / NIR ``CubaLIF``: CUBA's u *is* that
+current, in the same order), ``du = round(4096·(1 − alpha))``, the scales chosen so that the
+current's sum a/(1 − alpha) stays within 24 bits, and
 ``vth = round(θ·s)`` where ``s`` is the layer's current scale (input scale × weight scale for the
 first layer, the weight scale after it: spikes are 0/1).
 
@@ -59,6 +62,7 @@ class LifLayer:
     padding: tuple = (0, 0)
     dilation: tuple = (1, 1)
     groups: int = 1
+    du: int = DECAY_UNITY - 1  # 4095: the current does not persist (u keeps |u| >> 12 only, as Lava computes)
 
     @property
     def stock(self) -> bool:
@@ -109,9 +113,7 @@ def lower_lif(graph: ir.Graph, x_calib, *, input_bits: int = 8) -> LifProgram:
         if lif.firing == "multi":
             raise UnsupportedOpError("several spikes per step (sinabs MultiSpike) have no Loihi form", layer=where,
                                      fix="use SingleSpike (one spike per step) for Loihi")
-        if lif.synaptic:
-            raise UnsupportedOpError("a synaptic current (snnTorch Synaptic / NIR CubaLIF) is not lowered to Loihi "
-                                     "yet", layer=where, fix="use a LIF without a current state (snnTorch Leaky)")
+        du = _current_decay(lif, where)
         if lif.reset == "none" or lif.v_min is not None or np.ndim(lif.beta) or np.ndim(lif.gain) or lif.v_init:
             raise UnsupportedOpError("per-neuron beta/gain, v_min, v_init or no reset are not lowered to Loihi yet",
                                      layer=where, fix="one beta per layer, reset 'zero' or 'subtract'")
@@ -119,16 +121,20 @@ def lower_lif(graph: ir.Graph, x_calib, *, input_bits: int = 8) -> LifProgram:
         w = gain * np.asarray(lin.weight, dtype=np.float64)
         rows = np.abs(w).reshape(w.shape[0], -1).sum(1)
         # 8-bit weights, and the synaptic input a = Σ w·s within Lava's 16-bit a_in (so u = a·64
-        # never wraps at 24 bits): max row sum of |w_q| · max input < 2**15
+        # never wraps at 24 bits): max row sum of |w_q| · max input < 2**15; a persistent current
+        # (du < 4095) sums up to a/(1 - alpha_q): that sum too within 24 bits
+        persist = DECAY_UNITY / du if du < DECAY_UNITY - 1 else 1.0
         s_w = min(_pow2_scale(float(np.max(np.abs(w))), 254.0),
-                  _pow2_scale(float(np.max(rows)) * max(in_max, 1.0), A_IN_MAX - 254.0))
+                  _pow2_scale(float(np.max(rows)) * max(in_max, 1.0),
+                              min(A_IN_MAX, (MAX_UV >> 6) / persist - 1) - 254.0))
         w_q = 2 * np.rint(w * s_w / 2)
         s = s_prev * s_w
         b = np.zeros(w.shape[0]) if lin.bias is None else gain * np.asarray(lin.bias, dtype=np.float64)
         bias = np.rint(b * s)
         vth = int(round(float(lif.threshold) * s))
-        if float(np.max(np.abs(w_q).reshape(w.shape[0], -1).sum(1))) * max(in_max, 1.0) + \
-                np.max(np.abs(bias), initial=0) > A_IN_MAX:
+        a_max = float(np.max(np.abs(w_q).reshape(w.shape[0], -1).sum(1))) * max(in_max, 1.0) + \
+            np.max(np.abs(bias), initial=0)
+        if a_max > A_IN_MAX or a_max * persist * 64 >= MAX_UV:
             raise NeurodeployError("the synaptic input plus bias does not fit Lava's 16-bit a_in", layer=where,
                                    fix="use a smaller input range (input_bits) or smaller biases")
         if vth > VTH_MAX or np.max(np.abs(bias), initial=0) > BIAS_MAX:
@@ -141,12 +147,32 @@ def lower_lif(graph: ir.Graph, x_calib, *, input_bits: int = 8) -> LifProgram:
         # the population the synapse reads (a Flatten in between only changes the view)
         in_shape = tuple(layers[-1].out_shape) if layers else tuple(graph.nodes[graph.input_names()[0]].shape)
         layers.append(LifLayer(name=lif_name, weight=w_q.astype(np.int64), bias_mant=bias.astype(np.int64),
-                               dv=dv, vth=vth, reset=lif.reset, reset_timing=lif.reset_timing, firing=lif.firing,
+                               dv=dv, du=du, vth=vth, reset=lif.reset, reset_timing=lif.reset_timing, firing=lif.firing,
                                in_shape=in_shape, out_shape=tuple(lif.shape), **conv))
         s_prev, in_max = 1.0, 1.0
     node = graph.nodes[graph.input_names()[0]]
     return LifProgram(input_scale=s_in, input_shape=tuple(node.input_shape), timesteps=ir.timesteps(graph) or 1,
                       layers=layers)
+
+
+def _current_decay(lif: ir.LIFNeuron, where: str) -> int:
+    """Lava's du for the layer: 4095 without a synaptic current, else round(4096·(1 − alpha))
+    (CUBA's u is the current: u = u·(4096 − du)/4096 + a_in·64, then v = v·(4096 − dv)/4096 + u)."""
+    if not lif.synaptic:
+        return DECAY_UNITY - 1
+    if np.ndim(lif.alpha):
+        raise UnsupportedOpError("per-neuron synaptic decay alpha is not lowered to Loihi", layer=where,
+                                 fix="one alpha per layer")
+    if lif.reset == "zero" and lif.reset_timing == "next_step":
+        raise UnsupportedOpError("reset to zero one step later with a synaptic current (snnTorch Synaptic "
+                                 "zeroes that whole step's update) has no CUBA form", layer=where,
+                                 fix="Synaptic(reset_mechanism='subtract') or reset_delay=False")
+    du = int(round(DECAY_UNITY * (1.0 - float(lif.alpha))))
+    if du < 1:
+        raise UnsupportedOpError(f"synaptic decay alpha = {float(lif.alpha):.6g} rounds to no decay (du = 0): the "
+                                 "current would grow without bound in 24 bits", layer=where,
+                                 fix="alpha <= 1 - 1/4096")
+    return du
 
 
 def quantize_lif_input(prog: LifProgram, x) -> np.ndarray:
@@ -179,13 +205,14 @@ def simulate_lif(prog: LifProgram, x_int: np.ndarray) -> dict[str, np.ndarray]:
     out = {}
     for L in prog.layers:
         v = np.zeros((s.shape[0],) + tuple(L.out_shape), dtype=np.int64)
-        pending = np.zeros_like(v)
+        u, pending = np.zeros_like(v), np.zeros_like(v)
         theta = np.int64(L.vth) << 6
         train = np.zeros((s.shape[0], s.shape[1]) + tuple(L.out_shape), dtype=np.int64)
         bias = (L.bias_mant << 6).reshape((1, -1) + (1,) * (len(L.out_shape) - 1))
         for t in range(s.shape[1]):
-            u = synaptic_input(L, s[:, t]) << 6  # within 16 bits · 64: no 24-bit wrap (lower_lif)
-            b = bias - pending * theta if L.reset == "subtract" and L.reset_timing == "next_step" else bias
+            # the bias reaches u through its own synapse (run_lif_lava); no 24-bit wrap (lower_lif)
+            u = _decay(u, L.du) + (synaptic_input(L, s[:, t]) << 6) + bias
+            b = -pending * theta if L.reset == "subtract" and L.reset_timing == "next_step" else 0
             v = np.clip(_decay(v, L.dv) + u + b, -MAX_UV + 1, MAX_UV - 1)
             spk = v >= theta if L.firing == "non_strict" else v > theta
             if L.reset == "zero":
@@ -275,7 +302,7 @@ def run_lif_lava(prog: LifProgram, x_int: np.ndarray, timeout: float | None = 30
         if tuple(syn.a_out.shape) != out_lava:
             raise NeurodeployError(f"Lava synapse gives shape {tuple(syn.a_out.shape)}, expected {out_lava}",
                                    layer=L.name)
-        lif = LIF(shape=out_lava, du=4095, dv=L.dv, vth=L.vth)
+        lif = LIF(shape=out_lava, du=L.du, dv=L.dv, vth=L.vth)
         syn.a_out.connect(lif.a_in)
         if np.any(L.bias_mant):  # the bias as synaptic input from the layer's first step on (see module doc)
             per_sample = np.broadcast_to(L.bias_mant.reshape((-1,) + (1,) * (len(L.out_shape) - 1)),
