@@ -35,8 +35,11 @@ class HostProgram(torch.nn.Module):
         self.part = part
 
     def forward(self, *cut: torch.Tensor):
+        return self.run_host(dict(zip(self.part.to_host, cut)))
+
+    def run_host(self, vals: dict) -> tuple:
+        """Compute the host nodes from the crossing values ``vals`` (name -> tensor); the results."""
         g = self.graph
-        vals = dict(zip(self.part.to_host, cut))
         for name in self.part.host:
             node = g.nodes[name]
             ins = [vals[i] for i in g.inputs_of(name)]

@@ -66,14 +66,7 @@ class SplitHostProgram(HostProgram):
         for name, value in zip(self.part.to_host, cut):
             node = g.nodes[name]
             vals[name] = ops.quantize_input(node, value, True) if isinstance(node, ir.Input) else value
-        for name in self.part.host:
-            node = g.nodes[name]
-            ins = [vals[i] for i in g.inputs_of(name)]
-            if isinstance(node, ir.IFNeuron):
-                vals[name] = ops.spike_count(node, ins[0], quantized=True)
-            else:
-                vals[name] = ops.linear_op(node, ins, quantized=True)
-        return tuple(vals[n] for n in self.part.from_host)
+        return self.run_host(vals)
 
 
 def split_for_target(tgt, canonical: ir.Graph, calibration=None) -> Split | None:
