@@ -227,3 +227,56 @@ def test_synaptic_zero_reset_one_step_later_is_refused_for_loihi():
     g = from_timestepped(synaptic_body(reset_mechanism="zero"), torch.rand(2, 12), T)
     with pytest.raises(NeurodeployError, match=r"(?s)layer 'body.1'.*reset to zero one step later with a synaptic"):
         lower_lif(g, np.ones((2, 12)))
+
+
+# -- command line: a Synaptic checkpoint and an exported CubaLIF file ----------------------------
+
+SYN_ARCH = '''
+import torch
+from torch import nn
+import snntorch as snn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.lif1 = nn.Linear(12, 16), snn.Synaptic(alpha=0.7, beta=0.9, init_hidden=True)
+        self.fc2, self.lif2 = nn.Linear(16, 4), snn.Synaptic(alpha=0.5, beta=0.8, init_hidden=True)
+
+    def forward(self, x):
+        return torch.stack([self.lif2(self.fc2(self.lif1(self.fc1(x)))) for _ in range(6)], 1)
+
+
+def build_model():
+    return Net()
+'''
+
+
+def test_cli_verify_a_synaptic_checkpoint_on_sim_and_loihi(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from neurodeploy.cli import main
+
+    (tmp_path / "arch.py").write_text(SYN_ARCH)
+    torch.manual_seed(0)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("cuba_cli_arch", tmp_path / "arch.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    net = mod.build_model()
+    with torch.no_grad():
+        net.fc2.weight.mul_(3.0)
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    np.savez(tmp_path / "x.npz", x=(np.random.default_rng(1).random((16, 12)) * 2).astype(np.float32))
+    common = [str(tmp_path / "net.pt"), "--arch", f"{tmp_path / 'arch.py'}:build_model", "--input-shape", "12",
+              "--timesteps", "6", "--input-layout", "static", "--data", str(tmp_path / "x.npz")]
+    res = CliRunner().invoke(main, ["verify", *common, "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output)
+    assert rep["ok"] and rep["conversion"]["first_divergence"] is None
+    assert rep["conversion"]["layers"]["lif2"]["spikes_model"] > 0
+    res = CliRunner().invoke(main, ["verify", *common, "-t", "loihi"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "spike trains identical at every step" in res.output
