@@ -67,15 +67,18 @@ def test_snntorch_synaptic_matches_its_forward_per_step(kw):
     assert not np.array_equal(simulate(leaky, x.double()).trains["lif1"], simulate(g, x.double()).trains["lif1"])
 
 
-def test_synaptic_graph_ir_file_round_trip():
+def test_synaptic_graph_ir_and_nir_file_round_trip(tmp_path):
+    from neurodeploy.nir_io import write_nir
+
     torch.manual_seed(2)
     net = SynapticMLP()
     x = torch.rand(8, 10)
     g = from_timestepped(net, x, T)
-    back = ir_io.graph_from_bytes(ir_io.graph_to_bytes(g))
-    assert back.nodes["lif1"].alpha == g.nodes["lif1"].alpha
-    assert np.array_equal(back.nodes["lif2"].alpha, g.nodes["lif2"].alpha)
-    assert np.array_equal(simulate(back, x.double()).trains["lif2"], simulate(g, x.double()).trains["lif2"])
+    for back in (ir_io.graph_from_bytes(ir_io.graph_to_bytes(g)),
+                 from_nir(write_nir(g, tmp_path / "syn.nir"), timesteps=T)):
+        assert back.nodes["lif1"].alpha == g.nodes["lif1"].alpha
+        assert np.array_equal(back.nodes["lif2"].alpha, g.nodes["lif2"].alpha)
+        assert np.array_equal(simulate(back, x.double()).trains["lif2"], simulate(g, x.double()).trains["lif2"])
     with pytest.raises(NeurodeployError, match=r"alpha .* not in \[0, 1\]"):
         ir.LIFNeuron(alpha=1.5)
 
