@@ -578,7 +578,7 @@ def _node_from_nir(name: str, nn, meta: dict, in_shape: tuple | None, default_ma
                                  "AvgPool2d, Scale, Flatten, IF")
 
 
-NIR_CONVENTIONS = ("auto", "snntorch", "sinabs")
+NIR_CONVENTIONS = ("auto", "snntorch", "sinabs", "snntorch-import")
 SNNTORCH_DT = 1e-4  # snntorch/export_nir.py and import_nir.py: dt = 1e-4
 
 
@@ -618,6 +618,8 @@ def _lif_param(a) -> float | np.ndarray:
 def _lif_from_nir(name: str, nn, source: str, convention: str) -> ir.LIFNeuron:
     """A NIR IF / LIF as the time-stepped neuron the writer's framework runs (see from_nir)."""
     tname = type(nn).__name__
+    if convention == "snntorch-import":
+        return _snntorch_import_lif(name, nn, source)
     if tname == "CubaLIF":
         return _cubalif_from_nir(name, nn, source, convention)
     theta = _uniform(nn.v_threshold, "v_threshold", name)
@@ -643,6 +645,43 @@ def _lif_from_nir(name: str, nn, source: str, convention: str) -> ir.LIFNeuron:
         beta, gain = _lif_param(beta), _lif_param(gain)
     return ir.LIFNeuron(beta=beta, gain=gain, threshold=theta, reset="subtract", firing="strict",
                         reset_timing="next_step", source=source, meta=meta)
+
+
+def _snntorch_import_lif(name: str, nn, source: str) -> ir.LIFNeuron:
+    """What snnTorch's ``import_from_nir`` builds (``snntorch/import_nir.py``
+    ``_nir_to_snntorch_module``, dt = 1e-4, in the file's dtype): ``IF`` -> ``Leaky(beta=0.9,
+    threshold=v_threshold·r, reset_delay=False)`` (r = 1 only; subtract), ``LIF`` -> ``Leaky(beta=1 -
+    dt/tau, reset_mechanism='zero', reset_delay=False)``, ``CubaLIF`` -> ``Synaptic(alpha=1 -
+    dt/tau_syn, beta=1 - dt/tau_mem, reset_mechanism='zero', reset_delay=False)`` (r = tau_mem/dt
+    only), the threshold divided by the input scale (``r·dt/tau`` / ``w_in·dt/tau_syn``) unless
+    that is close to 1 (``hack_w_scale``); gain 1, strict firing, same-step reset."""
+    tname = type(nn).__name__
+    raw = lambda a: np.asarray(a)  # noqa: E731  (snnTorch computes in the file's dtype)
+    theta = _uniform(nn.v_threshold, "v_threshold", name)
+    if np.any(_np(getattr(nn, "v_leak", 0.0)) != 0):
+        raise UnsupportedOpError(f"NIR {tname} with v_leak != 0", layer=name, fix="nearest supported form: v_leak = 0")
+    meta = {"nir_convention": "snntorch-import", "nir_type": tname}
+    if tname == "IF":
+        if _uniform(nn.r, "r", name) != 1.0:
+            raise UnsupportedOpError("NIR IF with r != 1: snnTorch's import_from_nir refuses it", layer=name,
+                                     fix="r = 1, or convention='snntorch'")
+        return ir.LIFNeuron(beta=0.9, gain=1.0, threshold=theta, reset="subtract", firing="strict",
+                            reset_timing="same_step", source=source, meta=meta)
+    alpha = None
+    if tname == "LIF":
+        beta, scale = 1 - (SNNTORCH_DT / raw(nn.tau)), raw(nn.r) * SNNTORCH_DT / raw(nn.tau)
+    else:
+        if not np.allclose(raw(nn.r), raw(nn.tau_mem) / SNNTORCH_DT):
+            raise UnsupportedOpError("NIR CubaLIF with r != tau_mem/dt: snnTorch's import_from_nir refuses it",
+                                     layer=name, fix="r = tau_mem / 1e-4, or convention='snntorch'")
+        alpha, beta = 1 - (SNNTORCH_DT / raw(nn.tau_syn)), 1 - (SNNTORCH_DT / raw(nn.tau_mem))
+        scale = raw(nn.w_in) * (SNNTORCH_DT / raw(nn.tau_syn))
+    if not np.allclose(scale, 1.0):
+        theta = _uniform(raw(nn.v_threshold) / _uniform(scale, "input scale", name), "v_threshold", name)
+    f32 = lambda a: _lif_param(np.asarray(a, dtype=np.float32))  # noqa: E731  (torch keeps float32)
+    return ir.LIFNeuron(beta=f32(beta), gain=1.0, threshold=float(np.float32(theta)), reset="zero",
+                        firing="strict", reset_timing="same_step", alpha=None if alpha is None else f32(alpha),
+                        source=source, meta=meta)
 
 
 def _snap_one(scale: np.ndarray) -> np.ndarray:
@@ -748,6 +787,8 @@ def from_nir(obj_or_path, *, default_max_spikes: int = 1, timesteps: int | None 
     export_to_nir wrote it: alpha = 1 - dt/tau_syn, beta = 1 - dt/tau_mem, input scale
     (w_in·dt/tau_syn)·(r·dt/tau_mem), subtractive reset one step later (snnTorch's own
     import_from_nir instead rebuilds it as ``Synaptic(reset_mechanism='zero', reset_delay=False)``).
+    ``'snntorch-import'`` (never picked by 'auto'): what snnTorch's ``import_from_nir`` builds and
+    runs, see :func:`_snntorch_import_lif`.
     """
     nir = _nir()
     if isinstance(obj_or_path, (str, os.PathLike)):

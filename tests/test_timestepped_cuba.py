@@ -161,6 +161,51 @@ def test_our_cubalif_file_runs_the_same_in_snntorch_import_from_nir():
         assert ours[ours_name].sum() > 0
 
 
+@pytest.mark.parametrize("neuron", ["Synaptic", "Leaky"])
+def test_snntorch_export_read_as_snntorch_import_from_nir_runs_it(neuron):
+    """convention='snntorch-import': the file as snnTorch's own import_from_nir rebuilds it (reset
+    to zero in the same step), spike for spike against that module run for T steps."""
+    from snntorch.export_nir import export_to_nir
+    from snntorch.import_nir import import_from_nir
+
+    torch.manual_seed(4)
+
+    def neuron_of(n, beta):
+        extra = {"alpha": torch.full((n,), 0.75)} if neuron == "Synaptic" else {}
+        return getattr(snn, neuron)(beta=torch.full((n,), beta), threshold=torch.full((n,), 0.8),
+                                    init_hidden=True, **extra)
+
+    net = nn.Sequential(nn.Linear(10, 24), neuron_of(24, 0.85), nn.Linear(24, 5), neuron_of(5, 0.9))
+    with torch.no_grad():
+        net[2].weight.mul_(2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ng = export_to_nir(net, torch.rand(1, 10), ignore_dims=[0])
+        imported = import_from_nir(ng)
+    g = from_nir(ng, timesteps=T, convention="snntorch-import")
+    lifs = [g.nodes[n] for n in g.of_type(ir.LIFNeuron)]
+    assert all((n.reset, n.reset_timing, n.synaptic) == ("zero", "same_step", neuron == "Synaptic") for n in lifs)
+
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = imported
+
+        def forward(self, x):
+            outs, state = [], None
+            for _ in range(T):
+                o, state = self.m(x, state)
+                outs.append(o)
+            return torch.stack(outs)
+
+    x = torch.rand(32, 10) * 1.5
+    reference, ref = trains_of(Loop(), x)
+    ours = simulate(g, x.double()).trains
+    for ours_name, theirs_name in zip(g.of_type(ir.LIFNeuron), reference.of_type(ir.LIFNeuron)):
+        assert np.array_equal(ours[ours_name], ref[theirs_name]), ours_name
+        assert ours[ours_name].sum() > 0
+
+
 def test_other_current_based_snntorch_neurons_are_refused_by_name():
     class Net(nn.Module):
         def __init__(self):
