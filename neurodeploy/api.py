@@ -578,9 +578,14 @@ def _same_data(data, calibration, record: dict | None) -> bool:
     if plain(data) and (sha256_file(data) == calib_sha or (calibration and plain(calibration)
                                                             and sha256_file(data) == sha256_file(calibration))):
         return True
+    from .datasets import open_source
+
+    total = open_source(data).n_samples  # from file headers: a different size needs no pass over the data
     if record:
+        if record.get("data_total_samples") not in (None, total):
+            return False
         return calib_sha == sample_calibration(data, max_samples=record.get("data_samples")).digest
-    if plain(data) and plain(calibration):
+    if (plain(data) and plain(calibration)) or open_source(calibration).n_samples != total:
         return False
     return sample_calibration(data).digest == sample_calibration(calibration).digest
 
