@@ -450,15 +450,14 @@ class TimeSteppedCompile:
 def loihi_description(prog) -> tuple[dict, dict]:
     """The Lava network the LIF lowering builds, as JSON + arrays (``loihi_lif.json`` /
     ``loihi_lif.npz``): per layer the synapse (Dense or Conv, integer weights as Lava stores them),
-    the CUBA neuron (du = 4095, dv, vth, bias mantissa with exponent 6) and which process model runs
+    the CUBA neuron (du: 4095 without a synaptic current, dv, vth, bias mantissa with exponent 6) and which process model runs
     it (Lava's stock LIF for reset to zero + strict firing, else ours)."""
     desc = {"format": "neurodeploy Loihi LIF program (Lava CUBA, fixed_pt)", "input_scale": prog.input_scale,
-            "input_shape": list(prog.input_shape), "timesteps": prog.timesteps, "bias_exp": 6, "du": 4095,
-            "layers": []}
+            "input_shape": list(prog.input_shape), "timesteps": prog.timesteps, "bias_exp": 6, "layers": []}
     arrays = {}
     for i, L in enumerate(prog.layers):
         desc["layers"].append({
-            "name": L.name, "synapse": "Conv" if L.kind == "conv" else "Dense", "dv": L.dv, "vth": L.vth,
+            "name": L.name, "synapse": "Conv" if L.kind == "conv" else "Dense", "du": L.du, "dv": L.dv, "vth": L.vth,
             "reset": L.reset, "reset_timing": L.reset_timing, "firing": L.firing,
             "process_model": "lava PyLifModelBitAcc (stock Loihi 2 LIF)" if L.stock else
             "neurodeploy PyTimeSteppedLifModel (needs neuron microcode on hardware)",

@@ -269,6 +269,17 @@ def test_synaptic_on_loihi_equals_lava_fixed_pt(kw, stock):
     assert min(float((ours[n] == ref[n]).mean()) for n in ours) > 0.8
 
 
+def test_loihi_artefact_describes_each_layers_current_decay():
+    from neurodeploy.api_timestepped import loihi_description
+    from neurodeploy.targets.loihi.lif import lower_lif
+
+    model = synaptic_body()
+    x = torch.rand(5, 12) * 2
+    prog = lower_lif(from_timestepped(model, x, T), x.numpy())
+    desc, _ = loihi_description(prog)
+    assert [layer["du"] for layer in desc["layers"]] == [L.du for L in prog.layers] == [round(4096 * 0.3), 2048]
+
+
 def test_synaptic_zero_reset_one_step_later_is_refused_for_loihi():
     from neurodeploy.targets.loihi.lif import lower_lif
 
