@@ -3,7 +3,7 @@
 The layer-wise search (:mod:`neurodeploy.calibration`) evaluates the whole network on its inputs for
 every layer, so it runs on a deterministic subsample, not on every sample of a dataset that does not
 fit in memory: all ``N`` samples when they hold at most ``max_values`` numbers (``datasets.
-CALIBRATION_VALUES``, 2^25) and ``max_samples`` allows, else ``k`` evenly spaced ones, sample
+CALIBRATION_VALUES``, 2^25) and are at most ``max_samples`` (default :data:`MAX_SAMPLES`), else ``k`` evenly spaced ones, sample
 ``i·N // k`` for ``i < k``. Indices count samples across the whole source, so one ``.npz`` and the
 same data in shards, a glob or an ``.npy`` give the same inputs, the same digest and the same
 calibration record. Only the chosen samples (and one file of a shard folder) are in memory.
@@ -34,9 +34,14 @@ class CalibrationSample:
         return {"data_total_samples": self.total, "data_sampling": self.describe()}
 
 
+# the search keeps every layer's values for all its samples (float64, float and quantised): 4096
+# digits-sized samples peak at ~1.2 GB, so more samples would make memory grow with the dataset
+MAX_SAMPLES = 4096
+
+
 def sample_size(total: int, per_sample: int, max_values: int, max_samples: int | None) -> int:
     k = min(total, max(1, max_values // max(per_sample, 1)))
-    return k if max_samples is None else max(1, min(k, int(max_samples)))
+    return max(1, min(k, int(MAX_SAMPLES if max_samples is None else max_samples)))
 
 
 def sample_indices(total: int, k: int) -> np.ndarray:

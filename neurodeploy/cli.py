@@ -350,10 +350,10 @@ def compile_cmd(target, out_dir, force, data, calibration, calibration_record, v
 @click.option("--target", "-t", type=click.Choice(["loihi", "speck"]), required=True)
 @click.option("--calibration", required=True,
               help="The calibration inputs (keep the data you verify on apart): an .npz with x, a folder / glob "
-              "of .npz shards, a memory-mapped .npy or an image folder. Beyond 2^25 input values (or "
-              "--max-samples) the search runs on evenly spaced samples, stated in the record.")
+              "of .npz shards, a memory-mapped .npy or an image folder. Beyond 4096 samples (--max-samples) "
+              "or 2^25 input values the search runs on evenly spaced samples, stated in the record.")
 @click.option("--max-samples", type=click.IntRange(min=1),
-              help="Search on at most N evenly spaced samples (sample i*total//N).")
+              help="Search on at most N evenly spaced samples (sample i*total//N; default 4096).")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
               help="Calibration record (JSON) for 'compile --calibration-record'.")
 def calibrate_cmd(target, calibration, max_samples, out, **kw):

@@ -57,6 +57,14 @@ def test_subsample_is_evenly_spaced_stated_and_layout_independent(calib, tmp_pat
     assert picked["layers"] == rec["layers"]  # the search saw exactly those samples
 
 
+def test_default_sample_cap_bounds_the_search(calib, monkeypatch):
+    from neurodeploy import calibration_sample
+
+    root, _ = calib
+    monkeypatch.setattr(calibration_sample, "MAX_SAMPLES", 12)
+    assert sample_calibration(root / "shards").digest == sample_calibration(root / "all.npz", max_samples=12).digest
+
+
 def test_compile_calibrates_on_shards_and_knows_they_are_the_data(calib, tmp_path):
     root, _ = calib
     res = api.compile(MODEL["model"], arch=MODEL["arch"], target="loihi", out_dir=tmp_path / "o",
