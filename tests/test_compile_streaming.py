@@ -23,6 +23,7 @@ def digits(tmp_path_factory):
     (root / "shards").mkdir()
     for i, (a, b) in enumerate([(0, 6), (6, 13), (13, N)]):
         np.savez(root / "shards" / f"part{i:02d}.npz", x=x[a:b], y=y[a:b])
+    np.save(root / "all.npy", x)
     return root
 
 
@@ -52,4 +53,5 @@ def test_compile_on_shards_equals_one_npz_and_never_loads_the_whole_file(digits,
 def test_compile_with_limit_streams_only_the_first_samples(digits, tmp_path):
     _, p_all, _ = _compiled(str(digits / "all.npz"), tmp_path / "one", limit=8)
     _, p_shards, _ = _compiled(str(digits / "shards"), tmp_path / "dir", limit=8)
-    assert p_all == p_shards
+    res, p_npy, _ = _compiled(str(digits / "all.npy"), tmp_path / "npy", limit=8)  # memory-mapped, no labels
+    assert p_all == p_shards == p_npy and res.verify.ok()
