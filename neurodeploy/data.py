@@ -36,11 +36,11 @@ def check_limit(limit: int | None) -> None:
         raise NeurodeployError(f"--limit {limit} selects no samples", fix="pass --limit N with N >= 1")
 
 
-def load_data(path: str | Path, limit: int | None = None, *, input_shape=None) -> Dataset:
-    """Load ``x`` [N, *input_shape] (and ``y`` [N]) from an ``.npz`` (or ``x`` from an ``.npy``)
-    file, without pickles, and validate the first ``limit`` samples (see :func:`validate_inputs`)."""
+def read_arrays(path: str | Path) -> Dataset:
+    """``x`` (and ``y``) of an ``.npz`` (or ``x`` of an ``.npy``) file, without pickles, checked
+    sample-wise (at least one sample, numeric, real; labels 1-D integers) but not yet validated as
+    model inputs."""
     path = Path(path)
-    check_limit(limit)
     if not path.exists():
         raise NeurodeployError(f"data file {path} does not exist")
     try:
@@ -61,7 +61,14 @@ def load_data(path: str | Path, limit: int | None = None, *, input_shape=None) -
                                fix="pass an .npz written by numpy.savez with an 'x' array") from None
     ds = Dataset(x, y, str(path))
     _check_samples(ds)
-    ds = ds.head(limit)
+    return ds
+
+
+def load_data(path: str | Path, limit: int | None = None, *, input_shape=None) -> Dataset:
+    """Load ``x`` [N, *input_shape] (and ``y`` [N]) from an ``.npz`` (or ``x`` from an ``.npy``)
+    file, without pickles, and validate the first ``limit`` samples (see :func:`validate_inputs`)."""
+    check_limit(limit)
+    ds = read_arrays(path).head(limit)
     ds.x = validate_inputs(ds.x, where=f"data file {path}, array 'x'", input_shape=input_shape)
     return ds
 

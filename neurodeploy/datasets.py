@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import SAVE_FIX, Dataset, _check_samples, check_limit, validate_inputs
+from .data import SAVE_FIX, Dataset, check_limit, read_arrays, validate_inputs
 from .errors import NeurodeployError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp")
@@ -120,23 +120,7 @@ def _npz_cached(path: str):
 
 
 def _npz_arrays(path: str):
-    import zipfile
-
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if isinstance(f, np.ndarray):
-                return f, None
-            if "x" not in f.files:
-                raise NeurodeployError(f"data file {path} has arrays {f.files}, but no 'x'", fix=SAVE_FIX)
-            x = np.asarray(f["x"])
-            y = np.asarray(f["y"]) if "y" in f.files else None
-    except NeurodeployError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise NeurodeployError(f"cannot read data file {path}: {e}",
-                               fix="pass an .npz written by numpy.savez with an 'x' array") from None
-    ds = Dataset(x, y, str(path))
-    _check_samples(ds)
+    ds = read_arrays(path)
     return ds.x, ds.y
 
 
