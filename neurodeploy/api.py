@@ -608,8 +608,7 @@ def profile(model: str | Path, *, data: str | Path, target: str = "sim", limit: 
     quantized = tgt.quantize(prepared.canonical, calibration=calib)
     report = stream_profile(quantized, source, input_shape=shape, energy=energy, limit=limit,
                             batch_size=batch_size or DEFAULT_BATCH, runner=runner)
-    if hasattr(tgt, "barrier_cost"):  # Speck: what the deployed layer barrier adds
-        report.barrier = tgt.barrier_cost(quantized)
+    report.barrier = tgt.barrier_cost(quantized)  # Speck: what the deployed layer barrier adds
     return report
 
 

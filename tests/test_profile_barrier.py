@@ -43,8 +43,10 @@ def test_profile_cost_equals_the_compiled_host_program(profiled, tmp_path):
 
 
 def test_no_barrier_means_no_barrier_section(profiled):
-    report, _ = profiled
+    _, data = profiled
     tgt = get_target("speck")
     g = api.prepare(MODEL, arch=ARCH).canonical
     assert tgt.barrier_cost(tgt.quantize(g, barrier=False), barrier=False) is None
-    assert get_target("sim").quantize(g) is not None and not hasattr(get_target("sim"), "barrier_cost")
+    sim = api.profile(MODEL, arch=ARCH, data=data, target="sim")
+    assert sim.barrier is None and sim.barrier_summary() is None
+    assert "Speck layer barrier" not in sim.format("table") and "speck_barrier" not in sim.to_dict()

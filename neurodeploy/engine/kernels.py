@@ -124,6 +124,26 @@ def _deliver(s, a, sv, L, eid, nt, st, ryp, ryo, ryk, rxp, rxo, rxk, wt, mask,
     return nt, n
 
 
+@njit(cache=CACHE, inline='always')
+def _accumulate(i, L, val, eid, nt, theta, lo, hi, dmax, v, cnt, stamp, touched, ctr):
+    """Add ``val`` to neuron ``i`` of IF layer ``L`` (saturating at lo/hi, counted in ctr[2]) and
+    list it in ``touched`` once per event when it may fire; the new length of ``touched``."""
+    nv = v[i] + val
+    if nv > hi[L]:
+        nv = hi[L]
+        ctr[2] += 1
+    elif nv < lo[L]:
+        nv = lo[L]
+        ctr[2] += 1
+    v[i] = nv
+    if nv >= theta[L] and cnt[i] < dmax[L]:
+        if stamp[i] != eid:
+            stamp[i] = eid
+            touched[nt] = i
+            nt += 1
+    return nt
+
+
 GATE_STRIDE = 1 << 32
 
 
@@ -140,19 +160,7 @@ def _deliver_gate(gid, p, eid, nt, g_layer, g_woff, g_hw, g_cl, gw, loff, theta,
             i = loff[L] + p * F + f
         else:
             i = loff[L] + f * hw + p
-        nv = v[i] + gw[w0 + f]
-        if nv > hi[L]:
-            nv = hi[L]
-            ctr[2] += 1
-        elif nv < lo[L]:
-            nv = lo[L]
-            ctr[2] += 1
-        v[i] = nv
-        if nv >= theta[L] and cnt[i] < dmax[L]:
-            if stamp[i] != eid:
-                stamp[i] = eid
-                touched[nt] = i
-                nt += 1
+        nt = _accumulate(i, L, gw[w0 + f], eid, nt, theta, lo, hi, dmax, v, cnt, stamp, touched, ctr)
     return nt
 
 
@@ -251,20 +259,8 @@ def process(mode, src0, addrs, tstamps, e0, e1, single, record,
                     wst_v[nw] = val
                     nw += 1
                 elif kd == 0:
-                    i = loff[tid] + a
-                    nv = v[i] + val
-                    if nv > hi[tid]:
-                        nv = hi[tid]
-                        ctr[2] += 1
-                    elif nv < lo[tid]:
-                        nv = lo[tid]
-                        ctr[2] += 1
-                    v[i] = nv
-                    if nv >= theta[tid] and cnt[i] < dmax[tid]:
-                        if stamp[i] != eid:
-                            stamp[i] = eid
-                            touched[nt] = i
-                            nt += 1
+                    nt = _accumulate(loff[tid] + a, tid, val, eid, nt, theta, lo, hi, dmax, v, cnt, stamp,
+                                     touched, ctr)
                     synops[nst] += 1
                 else:
                     sink[soff[tid] + a] += val

@@ -38,3 +38,8 @@ class Target:
     def simulate(self, graph: ir.Graph, x, **options):
         """Bit-accurate simulation of the target on a batch; returns a SimResult."""
         raise NotImplementedError
+
+    def barrier_cost(self, graph: ir.Graph, **options) -> dict | None:
+        """What an in-network layer barrier adds on the chip (host events, kernel memory, SynOps);
+        None for targets without one (only Speck has one)."""
+        return None
