@@ -127,7 +127,8 @@ def calibration_inputs(calibration, dataset: Dataset | None, input_shape=None) -
         from .calibration_sample import sample_calibration
 
         sample = sample_calibration(calibration, input_shape)
-        extra = "" if len(sample.x) == sample.total else f" ({sample.describe()})"
+        extra = "" if len(sample.x) == sample.total else \
+            f" ({sample.describe()}; input range and sign from all {sample.total})"
         return sample.x, f"calibration file {Path(calibration).name}{extra}"
     if dataset is not None:
         return dataset.x, (f"--data {Path(dataset.path).name} (no --calibration given: the data double "
@@ -140,7 +141,11 @@ def _check(target, graph: ir.Graph, *inputs) -> None:
     no negative input events) also see the data/calibration inputs."""
     import inspect
 
-    inputs = [np.asarray(a) for a in inputs if a is not None and np.asarray(a).size]
+    from .calibration import carried_statistics
+
+    # calibration inputs that are a subsample carry the whole source's minimum
+    lows = [np.array([s.min]) for a in inputs if (s := carried_statistics(a)) is not None]
+    inputs = [np.asarray(a) for a in inputs if a is not None and np.asarray(a).size] + lows
     if inputs and "inputs" in inspect.signature(target.check).parameters:
         violations = target.check(graph, inputs=min(inputs, key=lambda a: float(a.min())))
     else:
@@ -584,10 +589,10 @@ def _same_data(data, calibration, record: dict | None) -> bool:
     if record:
         if record.get("data_total_samples") not in (None, total):
             return False
-        return calib_sha == sample_calibration(data, max_samples=record.get("data_samples")).digest
+        return calib_sha == sample_calibration(data, max_samples=record.get("data_samples"), statistics=False).digest
     if (plain(data) and plain(calibration)) or open_source(calibration).n_samples != total:
         return False
-    return sample_calibration(data).digest == sample_calibration(calibration).digest
+    return sample_calibration(data, statistics=False).digest == sample_calibration(calibration, statistics=False).digest
 
 
 def profile(model: str | Path, *, data: str | Path, target: str = "sim", limit: int | None = None,

@@ -7,6 +7,11 @@ CALIBRATION_VALUES``, 2^25) and are at most ``max_samples`` (default :data:`MAX_
 ``i·N // k`` for ``i < k``. Indices count samples across the whole source, so one ``.npz`` and the
 same data in shards, a glob or an ``.npy`` give the same inputs, the same digest and the same
 calibration record. Only the chosen samples (and one file of a shard folder) are in memory.
+
+What the quantisers read of the inputs' values (peak, sign, dyadic bits: :class:`~neurodeploy.
+calibration.InputStatistics`) comes from every sample, not the subsample: the same pass that picks
+the samples computes the statistics of each batch and merges them (exactly: max / min / or of the
+sign / max of the dyadic bits), and the subsample carries them to the quantisers.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import datasets
+from .calibration import InputStatistics, with_statistics
 
 
 @dataclass
@@ -24,6 +30,7 @@ class CalibrationSample:
     x: np.ndarray            # [k, *input_shape] float64
     total: int               # samples in the source
     digest: str              # sha256 of the sampled inputs (layout independent)
+    statistics: InputStatistics | None = None  # of every sample of the source, merged across batches
 
     def describe(self) -> str:
         k = len(self.x)
@@ -31,12 +38,17 @@ class CalibrationSample:
                 f"{k} evenly spaced of {self.total} samples (sample i*{self.total}//{k}, i < {k})")
 
     def record_fields(self) -> dict:
-        return {"data_total_samples": self.total, "data_sampling": self.describe()}
+        fields = {"data_total_samples": self.total, "data_sampling": self.describe()}
+        if self.statistics is not None:
+            fields["input_statistics"] = self.statistics.record_fields()
+        return fields
 
 
 # the search keeps every layer's values for all its samples (float64, float and quantised): 4096
 # digits-sized samples peak at ~1.2 GB, so more samples would make memory grow with the dataset
 MAX_SAMPLES = 4096
+# values per batch of the statistics pass (one batch in memory: 32 MB of float64)
+STREAM_VALUES = 1 << 22
 
 
 def sample_size(total: int, per_sample: int, max_values: int, max_samples: int | None) -> int:
@@ -56,18 +68,37 @@ def inputs_digest(x: np.ndarray, total: int) -> str:
 
 
 def sample_calibration(data, input_shape=None, *, max_samples: int | None = None,
-                       max_values: int = datasets.CALIBRATION_VALUES) -> CalibrationSample:
-    """The calibration subsample of ``data`` (a path, folder or glob: see the module docstring)."""
+                       max_values: int = datasets.CALIBRATION_VALUES, statistics: bool = True) -> CalibrationSample:
+    """The calibration subsample of ``data`` (a path, folder or glob: see the module docstring), with
+    the input statistics of all of it (``statistics=False``: only the subsample is read, for its digest)."""
     image_size = int(input_shape[-1]) if input_shape and len(input_shape) == 3 else 224
     source = datasets.open_source(data, image_size=image_size)
     total = source.n_samples
-    specs = source.shards(1)
-    first = specs[0].read(input_shape).x
-    k = sample_size(total, int(np.prod(first.shape[1:])), max_values, max_samples)
-    x = np.concatenate([specs[int(i)].read(input_shape).x for i in sample_indices(total, k)]) \
-        if k < total else _all(source, input_shape)
-    return CalibrationSample(x, total, inputs_digest(x, total))
+    per_sample = int(np.prod(source.shards(1, 1)[0].read(input_shape).x.shape[1:]))
+    k = sample_size(total, per_sample, max_values, max_samples)
+    picks = sample_indices(total, k) if k < total else None
+    if statistics or picks is None:
+        x, stats = _stream(source, input_shape, picks, per_sample)
+    else:
+        specs = source.shards(1)
+        x, stats = np.concatenate([specs[int(i)].read(input_shape).x for i in picks]), None
+    if stats is not None:
+        x = with_statistics(x, stats)
+    return CalibrationSample(x, total, inputs_digest(x, total), stats)
 
 
-def _all(source: datasets.DataSource, input_shape) -> np.ndarray:
-    return np.concatenate([ds.x for _, ds in source.batches(datasets.DEFAULT_BATCH * 16, None, input_shape)])
+def _stream(source: datasets.DataSource, input_shape, picks: np.ndarray | None, per_sample: int):
+    """(the picked samples, or all when ``picks`` is None; the statistics of every sample) in one
+    pass over the source's batches."""
+    batch = max(1, min(datasets.DEFAULT_BATCH * 16, STREAM_VALUES // max(per_sample, 1)))
+    parts, stats = [], None
+    for offset, ds in source.batches(batch, None, input_shape):
+        part = InputStatistics.of(ds.x)
+        stats = part if stats is None else stats.merge(part)
+        if picks is None:
+            parts.append(ds.x)
+        else:
+            local = picks[(picks >= offset) & (picks < offset + len(ds.x))] - offset
+            if local.size:
+                parts.append(ds.x[local])
+    return np.concatenate(parts), stats
