@@ -246,6 +246,9 @@ def compile(model: str | Path, *, target: str = "sim", out_dir: str | Path, data
         if dataset is not None and profile:
             from .streaming import stream_profile
             result.profile = stream_profile(quantized, source, input_shape=shape, energy=energy, limit=limit)
+            if target == "loihi":
+                from .targets.loihi.quantize import synapse_group_notes
+                result.profile.notes += synapse_group_notes(quantized)
             if (art.tmp / "speck_host_program.json").exists():  # the deployed layer barrier's cost
                 import json
                 result.profile.barrier = json.loads((art.tmp / "speck_host_program.json").read_text())["cost"]

@@ -238,6 +238,22 @@ def speck_bias_options(f):
                              "register, where it acts on every slow-clock tick (not simulated).")(f)
 
 
+def loihi_options(f):
+    """--synapse-groups (Loihi): one 8-bit synapse group per weight, or two."""
+    return click.option("--synapse-groups", type=click.IntRange(1, 2),
+                        help="Loihi: 1 (default) = 8-bit weight mantissas; 2 = every conv weight as two 8-bit synapse "
+                             "groups hi*2^k + lo (up to 8 more bits, within the 17-bit threshold and the 24-bit "
+                             "state), at twice the layer's synapse memory and synaptic operations.")(f)
+
+
+def _loihi_options(target: str, kw: dict) -> dict:
+    """Pop --synapse-groups out of ``kw`` as a target option; refused for other targets."""
+    opts = {"synapse_groups": v} if (v := kw.pop("synapse_groups", None)) is not None else {}
+    if opts and target != "loihi":
+        raise click.UsageError("--synapse-groups applies to --target loihi only")
+    return opts
+
+
 def speck_barrier_options(f):
     """--barrier/--no-barrier, --barrier-bounds (Speck): the in-network layer barrier."""
     f = click.option("--barrier-input-bound", type=click.IntRange(min=1),
@@ -301,6 +317,7 @@ def _speck_bias_options(target: str, kw: dict) -> dict:
 @click.option("--core-map", callback=_parse_json, help="Speck: JSON {layer: core} placement override.")
 @speck_bias_options
 @speck_barrier_options
+@loihi_options
 @click.option("--e-mac", default=4.6, **ENERGY, help="Energy per MAC (pJ, finite >= 0).")
 @click.option("--e-ac", default=0.9, **ENERGY, help="Energy per synaptic AC (pJ, finite >= 0).")
 def compile_cmd(target, out_dir, force, data, calibration, calibration_record, verify, profile, limit, emit,
@@ -318,6 +335,7 @@ def compile_cmd(target, out_dir, force, data, calibration, calibration_record, v
     target_options = {"core_map": core_map} if core_map else {}
     target_options.update(_speck_bias_options(target, kw))
     target_options.update(_speck_barrier_options(target, kw))
+    target_options.update(_loihi_options(target, kw))
     res = api.compile(kw.pop("model"), target=target, out_dir=out_dir, data=data, calibration=calibration,
                       verify=verify, profile=profile, limit=limit, emit=tuple(emit),
                       target_options=target_options, energy=_energy(e_mac, e_ac), force=force,
@@ -356,12 +374,14 @@ def compile_cmd(target, out_dir, force, data, calibration, calibration_record, v
               help="Search on at most N evenly spaced samples (sample i*total//N; default 4096).")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
               help="Calibration record (JSON) for 'compile --calibration-record'.")
+@loihi_options
 def calibrate_cmd(target, calibration, max_samples, out, **kw):
     """Search quantised parameters that keep MODEL's spike counts on --calibration; write a record."""
     from . import api
 
+    target_options = _loihi_options(target, kw)
     rec = api.calibrate(kw.pop("model"), target=target, calibration=calibration, out=out,
-                        max_samples=max_samples, **_load_options(kw))
+                        max_samples=max_samples, target_options=target_options, **_load_options(kw))
     click.echo(f"calibration record for '{target}' written to {out} ({rec.get('data_sampling') or rec['data_samples']})")
     click.echo(f"  {'layer':<28} {'counts equal on calibration data: before -> after':>50}  choice")
     for lr in rec["layers"]:
@@ -439,6 +459,7 @@ def study_cmd(bits, calibration, data, limit, as_json, **kw):
               help="With a calibration search: write a PNG of per-layer count differences before/after it.")
 @speck_bias_options
 @speck_barrier_options
+@loihi_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--host-rest", is_flag=True, help="speck/loihi: where the model fails the design rules, deploy the "
               "furthest prefix that passes on the chip and run the rest on the host (host_program.pt2, fed "
@@ -467,6 +488,7 @@ def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, ca
                                           calibration=calibration, as_json=as_json)
     target_options = _speck_bias_options(target, kw)
     target_options.update(_speck_barrier_options(target, kw))
+    target_options.update(_loihi_options(target, kw))
     batch_size, runner = _dataset_options(kw)
     report = api.verify(kw.pop("model"), data=data, target=target, limit=limit, schedules=tuple(schedules) or None,
                         calibration=calibration, runtime=runtime, target_options=target_options,

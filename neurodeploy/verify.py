@@ -194,7 +194,7 @@ _WHY_NOT_EXACT = {
     ("speck", "sync"): "8-bit weights, 16-bit state and rate-coded input",
     ("speck", "speck"): "8-bit weights, 16-bit state, rate-coded input; the layer barrier is exact for every neuron "
                         "with n <= D given its input, over-budget neurons are not capped (see the ladder's R7)",
-    ("loihi", "sync"): "8-bit weight mantissas and the input quantised to 8 bits",
+    ("loihi", "sync"): "8-bit weight mantissas (or two 8-bit synapse groups) and the input quantised to 8 bits",
 }
 
 

@@ -139,6 +139,11 @@ class _Layer:
     def agree(self, wq, bq, theta_q, v0_q) -> float:
         return agreement(self.counts(wq, bq, theta_q, v0_q).numpy(), self.n_ref.numpy())
 
+    def equal(self, wq, bq, theta_q, v0_q) -> torch.Tensor:
+        """Per value: the count equals the float model's (bool, flattened)."""
+        return (self.counts(wq, bq, theta_q, v0_q) == self.n_ref).flatten()
+
+
     def propose(self, theta_q: int, v0_q: int, lo, hi, adaptive: bool, per_neuron_bias: bool,
                 gain: float = 1.0):
         """(weight_q, bias_q) for threshold θ_q and weight scale ``gain``·s (weights clip to
@@ -159,6 +164,15 @@ class _Layer:
         if not per_neuron_bias:
             off = torch.full_like(off, float((h * (Y - a)).sum() / h.sum().clamp_min(1e-12)))
         return wq, torch.round(off)
+
+
+def significant_gain(new: torch.Tensor, old: torch.Tensor) -> bool:
+    """A sign test on the values a choice changes: ``g`` counts it fixes, ``l`` it breaks; kept only
+    when g − l ≥ 2·sqrt(g + l) (one-sided p ≈ 0.02), so that gains that are noise on a small calibration
+    set (which then lose on other data) are not taken."""
+    g = int((new & ~old).sum())
+    lost = int((old & ~new).sum())
+    return g - lost > 0 and g - lost >= 2.0 * (g + lost) ** 0.5
 
 
 def _set(g, wname, nname, wq, bq, theta_q, v0_q):
@@ -189,7 +203,8 @@ def calibrate_graph(qgraph: ir.Graph, x, rules: Rules, *, adaptive: bool = True,
             wq0 = ops.as_tensor(node.weight_q)
             bq0 = ops.as_tensor(node.bias_q) if node.bias_q is not None else torch.zeros(wq0.shape[0], dtype=torch.float64)
             th0, v00 = int(nrn.threshold_q), int(nrn.v_init_q or 0)
-            before = layer.agree(wq0, bq0, th0, v00)
+            best_eq = layer.equal(wq0, bq0, th0, v00)
+            before = float(best_eq.double().mean())
             best = (before, wq0, bq0, th0, v00, "uncalibrated")
             lo, hi = (ops.as_tensor(np.asarray(v)) for v in rules.weight_range(wname, node))
             saved = (node.weight_q, node.bias_q, node.bias, nrn.threshold_q, nrn.v_init_q)
@@ -202,11 +217,13 @@ def calibrate_graph(qgraph: ir.Graph, x, rules: Rules, *, adaptive: bool = True,
                     for ada in ([True, False] if adaptive else [False]):
                         wq, off = layer.propose(th, v0, lo, hi, ada, rules.per_neuron_bias, gain)
                         bq = off if bias else torch.round(bq0 * th / th0)
-                        score = layer.agree(wq, bq, th, v0)
-                        if score <= best[0]:
+                        eq = layer.equal(wq, bq, th, v0)
+                        if not significant_gain(eq, best_eq):
                             continue
+                        score = float(eq.double().mean())
                         _set(g, wname, nname, wq, bq, th, v0)
                         if rules.accept(g, wname, nname) is None:
+                            best_eq = eq
                             best = (score, wq, bq, th, v0, f"weight scale x{gain:g}, θ_q {th}, "
                                     f"{'adaptive' if ada else 'nearest'} rounding")
             node.weight_q, node.bias_q, node.bias, nrn.threshold_q, nrn.v_init_q = saved

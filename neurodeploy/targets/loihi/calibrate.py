@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from ... import ir, ops
-from ...calibration import dyadic_bits, input_peak
+from ...calibration import dyadic_bits, input_peak, is_signed
 from ...calibration.layerwise import Rules, agreement, calibrate_graph, weight_neuron_pairs
-from .quantize import STATE_LIMIT, THETA_MAX, VTH_MAX, netx_dense_weights
+from .quantize import STATE_LIMIT, THETA_MAX, VTH_MAX, describe_groups, netx_dense_weights
 
 
 def _mantissa_max(g: ir.Graph, wname: str) -> int:
@@ -87,7 +87,7 @@ def _input_scales(x, input_bits: int = 8) -> list[float | None]:
     k, peak = dyadic_bits(x), input_peak(x)
     if k is None or not peak:
         return [None]
-    qmax = 2 ** (input_bits - 1) - 1 if float(np.min(x)) < 0 else 2 ** input_bits - 1
+    qmax = 2 ** (input_bits - 1) - 1 if is_signed(x) else 2 ** input_bits - 1
     step = 2.0 ** k
     top = step * np.floor(qmax / peak / step)
     return [None] + sorted({s for s in (step, top) if s > 0 and s * peak <= qmax})
@@ -128,6 +128,8 @@ def refresh_report(g: ir.Graph) -> None:
     layers = report.get("layers", {})
     for wname, nname in weight_neuron_pairs(g):
         rep, nrn = layers.setdefault(wname, {}), g.nodes[nname]
+        if "group_exp" in rep:
+            rep["synapse_groups"] = describe_groups(g.nodes[wname].weight_q, rep["group_exp"])
         rep.update({"threshold_q": int(nrn.threshold_q), "vThMant": int(nrn.threshold_q) - 1,
                     "v_init_q": int(nrn.v_init_q or 0),
                     "weights_rounded_to_zero": int(np.sum((np.asarray(g.nodes[wname].weight_q) == 0)

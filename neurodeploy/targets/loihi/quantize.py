@@ -25,6 +25,17 @@ scale ``S``; the first layer's input is the graded integer ``x_int = round(x · 
   simulator reproduces saturation and wrapping exactly, so Lava and the simulator still agree, but
   counts can then deviate from the integer model.
 
+* ``synapse_groups=2`` (conv layers): each weight is two 8-bit synapse groups,
+  ``w_q = hi·2^k + lo`` with ``|hi| ≤ M`` at weight exponent ``k`` and ``lo`` in
+  ``[−2^(k−1), 2^(k−1))`` at exponent 0, so a layer gets up to 8 more bits of weight resolution
+  (``M·2^8``), still bounded by the 17-bit threshold and the state guard above; ``k`` is the
+  smallest that holds the layer's largest weight. Every input spike then reaches two synapses
+  (twice the synapse memory and synaptic operations of the layer). Lava's CPU ``Conv`` ignores
+  ``weight_exp`` and takes the integer ``w_q`` as it is, which equals the two groups' sum by
+  construction; on a chip the groups are two synapse lists per source (not run here: no Loihi).
+  Dense layers keep one group (Lava's ``Dense`` applies ``weight_exp`` and clips to 8 bits, so a
+  second group would need a second ``Dense`` process per layer, which the NetX file cannot hold).
+
 The report (``graph.metadata['quantization']``) lists per layer: scale, ``θ_q``, ``vThMant``,
 weights that round to zero, clipped weights, threshold relative error, bounds, and the NetX
 representation of dense weights (``weight_exp``, ``num_weight_bits``, sign mode, stored mantissas).
@@ -167,20 +178,60 @@ def dense_synapse(stored: np.ndarray, weight_exp: int, s) -> "np.ndarray":
 
 # -- quantisation of a canonical graph ------------------------------------------------------------
 
+GROUP_SHIFT = 8                  # a second synapse group adds at most 8 bits (weight exponent k <= 8)
+
+
+def group_max(M: int, k: int) -> int:
+    """Largest |w_q| two groups hold at weight exponent ``k``: hi·2^k + lo, |hi| <= M, lo < 2^(k-1)."""
+    return M if k == 0 else M * (1 << k) + (1 << (k - 1)) - 1
+
+
+def group_exponent(wq: np.ndarray, M: int) -> int:
+    """Smallest weight exponent k (0..8) whose two groups hold every weight of ``wq``."""
+    peak = int(np.abs(wq).max(initial=0))
+    for k in range(GROUP_SHIFT + 1):
+        if peak <= group_max(M, k):
+            return k
+    raise NeurodeployError(f"weight {peak} does not fit two 8-bit synapse groups (max {group_max(M, GROUP_SHIFT)})")
+
+
+def split_groups(wq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hi, lo) with ``wq == hi·2^k + lo`` and ``lo`` in [−2^(k−1), 2^(k−1)); (wq, 0) for k = 0."""
+    wq = np.asarray(wq, dtype=np.int64)
+    if k == 0:
+        return wq, np.zeros_like(wq)
+    hi = (wq + (1 << (k - 1))) >> k
+    return hi, wq - (hi << k)
+
+
+def describe_groups(wq: np.ndarray, k: int) -> list[dict]:
+    """The report entry of a layer's synapse groups (weight exponent and stored mantissa range)."""
+    hi, lo = split_groups(wq, k)
+    groups = [{"weight_exp": k, "mantissa_range": [int(hi.min()), int(hi.max())]}]
+    if k:
+        groups.append({"weight_exp": 0, "mantissa_range": [int(lo.min()), int(lo.max())]})
+    return groups
+
+
 def quantize(graph: ir.Graph, calibration=None, *, input_bits: int = 8,
              input_range: float | None = None, guard_state: bool = True,
-             input_scale: float | None = None) -> ir.Graph:
+             input_scale: float | None = None, synapse_groups: int = 1) -> ir.Graph:
     """Quantised copy of a canonical graph for Loihi 2 (see the module docstring). ``input_scale``:
     use this input scale instead of ``qmax / range`` (calibration picks one that keeps dyadic inputs
-    exact); it must keep the calibration range within the input bits."""
+    exact); it must keep the calibration range within the input bits. ``synapse_groups``: 1, or 2
+    (conv layers get two 8-bit synapse groups per weight)."""
     from .program import _chain, lower
+
+    if synapse_groups not in (1, 2):
+        raise NeurodeployError(f"--synapse-groups {synapse_groups}: Loihi layers here have 1 or 2 synapse groups",
+                               fix="use --synapse-groups 1 (8-bit weights) or 2 (up to 16-bit conv weights)")
 
     g = graph.copy()
     ir.infer_shapes(g)
     order = _chain(g)
     inp: ir.Input = g.nodes[order[0]]
     report: dict = {"target": "loihi", "input_message_bits": input_bits, "layers": {},
-                    "warnings": []}
+                    "warnings": [], "synapse_groups": synapse_groups}
     if inp.is_spikes:
         s_in, max_in = 1.0, None
         inp.scale_q = 1
@@ -197,8 +248,9 @@ def quantize(graph: ir.Graph, calibration=None, *, input_bits: int = 8,
                                        f"{input_bits}-bit integers", fix=f"use a scale <= {qmax / amax:g}")
             s_in = float(input_scale)
         inp.scale_q = s_in
-        max_in = qmax
-        report["input"] = {"scale_q": s_in, "signed": signed, "range": amax, "max_int": qmax}
+        # the largest payload of an accepted input: every runtime refuses |x| beyond the range
+        max_in = min(qmax, int(round(amax * s_in)))
+        report["input"] = {"scale_q": s_in, "signed": signed, "range": amax, "max_int": max_in}
     dom_scale, prev_D, pool_gain = s_in, None, 1
     for idx, name in enumerate(order):
         node = g.nodes[name]
@@ -215,7 +267,8 @@ def quantize(graph: ir.Graph, calibration=None, *, input_bits: int = 8,
             raise NeurodeployError("all weights are zero", layer=name,
                                    fix="check the model; NetX cannot load an all-zero layer")
         M = 255 if W.min() >= 0 else 127
-        s = M / wmax
+        grouped = synapse_groups == 2 and isinstance(node, ir.Conv2d)
+        s = (M << GROUP_SHIFT if grouped else M) / wmax
         rep: dict = {"mantissa_max": M}
         if neuron is not None:
             theta_float = neuron.threshold * s * dom_scale
@@ -251,11 +304,14 @@ def quantize(graph: ir.Graph, calibration=None, *, input_bits: int = 8,
             rep["state_guard_scale"] = rep.get("state_guard_scale", 1.0) * shrink
         node.weight_q = wq
         node.bias_q = bq
+        if grouped:
+            k = group_exponent(wq, M)
+            rep.update({"group_exp": k, "mantissa_max": group_max(M, k), "synapse_groups": describe_groups(wq, k)})
         rep.update({
             "scale": S, "weight_scale": s,
             "weights_rounded_to_zero": int(np.sum((wq == 0) & (W != 0))),
             "weights_clipped": 0,
-            "weight_rel_error_max": float(np.max(np.abs(wq - W * s)) / max(1.0, M)),
+            "weight_rel_error_max": float(np.max(np.abs(wq - W * s)) / max(1.0, rep["mantissa_max"])),
         })
         if "state_guard_scale" in rep:
             report["warnings"].append(
@@ -308,12 +364,25 @@ def quantize(graph: ir.Graph, calibration=None, *, input_bits: int = 8,
         else:
             entry.update({"weight_exp": 0, "mantissa_range": [int(spec.weight.min()),
                                                               int(spec.weight.max())]})
-            if spec.weight.max() > 255 or spec.weight.min() < -256:
+            if "group_exp" in entry:
+                entry["synapse_groups"] = describe_groups(spec.weight, entry["group_exp"])
+            elif spec.weight.max() > 255 or spec.weight.min() < -256:
                 report["warnings"].append(
                     f"layer '{spec.name}': conv weights exceed 8 bits (Lava's CPU conv accepts "
                     "them, Loihi 2 hardware does not)")
     report["timesteps_per_sample"] = prog.period
     return g
+
+
+def synapse_group_notes(graph: ir.Graph) -> list[str]:
+    """Profile notes for layers whose weights are two synapse groups (the profile counts network
+    synapse events; the chip makes one per group)."""
+    layers = ((graph.metadata.get("quantization") or {}).get("layers") or {})
+    grouped = [name for name, rep in layers.items() if len(rep.get("synapse_groups") or []) == 2]
+    if not grouped:
+        return []
+    return [f"loihi: {', '.join(grouped)} hold each weight in two synapse groups (--synapse-groups 2): the chip "
+            "makes twice the SynOps counted here and stores twice the synapses for these layers"]
 
 
 def precision_report(graph: ir.Graph) -> dict:
