@@ -174,59 +174,142 @@ def _float32_test_params(theta: float, v0: float, hi: float | None, D: int, marg
     also covers rounding the margin itself and the subtraction u − k. Values far beyond D (or
     below 1) stay beyond D + margin (below 1 − margin) or get flagged: their counts are D (0)."""
     a = v0 / theta
-    e = margin / theta
+    e = np.asarray(margin, dtype=np.float64) / theta  # a scalar, or one margin per channel
     m_u = (e + 2.0 ** -20 * (D + 2 + 2 * abs(a) + e)) * (1.0 + 2.0 ** -20)
-    m32 = np.float32(m_u)
-    if float(m32) < m_u:
-        m32 = np.nextafter(m32, np.float32(np.inf))
+    m32 = m_u.astype(np.float32)
+    m32 = np.where(m32.astype(np.float64) < m_u, np.nextafter(m32, np.float32(np.inf)), m32)
     if hi is None:
-        lo32 = np.float32(np.inf)
+        lo32 = np.full(m32.shape, np.inf, dtype=np.float32)
     else:  # saturation: flag everything that may reach hi (in threshold units, rounded down)
         h = hi / theta
         lo = h - m_u - 2.0 ** -20 * abs(h)
-        lo32 = np.float32(lo)
-        if float(lo32) > lo:
-            lo32 = np.nextafter(lo32, np.float32(-np.inf))
+        lo32 = lo.astype(np.float32)
+        lo32 = np.where(lo32.astype(np.float64) > lo, np.nextafter(lo32, np.float32(-np.inf)), lo32)
     return np.float32(1.0 / theta), np.float32(a), m32, lo32
 
 
-def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32):
+def _is_channels_last(t: torch.Tensor) -> bool:
+    """A 4-d tensor stored channels-last (NHWC) and not also plain contiguous."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32, arena: "_Arena | None" = None,
+                  name: str | None = None):
     """Sync IF layer fed by a fast layer (filter and refine, exact): closed-form counts from the
     float32 currents, then the time-stepped kernel on the exact currents of the neurons that the
-    float32 error bound cannot decide. Returns (counts, None, near_ties)."""
+    float32 error bound cannot decide. ``arena`` with ``name``: the float32 counts go to a reused
+    buffer (only for layers whose counts do not leave the simulation). Returns (counts, counts64,
+    near_ties)."""
+    arena = arena if arena is not None else _Arena()
     theta, v0, hi, _ = _neuron_params(node, True)
     D = int(node.max_spikes)
-    y = ap.y.numpy().reshape(-1)
-    if isinstance(ap.node, ir.Linear):
-        S = 1
-    else:
-        S = int(np.prod(ap.y.shape[2:]))
+    shape = tuple(ap.y.shape)
+    y = ap.y.contiguous().numpy().reshape(-1)
+    S = 1 if isinstance(ap.node, ir.Linear) else int(np.prod(shape[2:]))
     hi_ = np.inf if hi is None else hi
-    # error bound + near-tie tolerance (so every near tie is refined) + float64 rounding slack
-    margin = np.inf if _REFINE_ALL else fl.err + (2.0 * NEAR_TIE_TOL * theta + 16.0)
+    # error bound (per output channel) + near-tie tolerance (so every near tie is refined) + float64
+    # rounding slack
+    margin = np.full(fl.O, np.inf) if _REFINE_ALL else fl.err_c + (2.0 * NEAR_TIE_TOL * theta + 16.0)
     n = y.size
-    counts = np.empty(n, dtype=count_dtype)
+    counts = arena.get(("counts", name), n, count_dtype) if name is not None else np.empty(n, dtype=count_dtype)
     counts64 = np.empty(n, dtype=np.int64)
-    flagged = np.empty(n, dtype=np.int64)
+    flagged = arena.get("flagged", n, np.int64)  # only its first few entries are ever written
     if _CLOSED_FORM_F32 and count_dtype == np.float32:
         inv32, a32, m32, lo32 = _float32_test_params(theta, v0, hi, D, margin)
-        nf = kernels.if_sync_closed_form32(y, inv32, a32, lo32, D, m32, counts, counts64, flagged)
+        if S >= 64:  # long rows of one channel each: that channel's margin
+            def part(a, b):
+                return kernels.if_sync_closed_form32_rows(y[a:b], fl.O, S, inv32, a32, lo32, D, m32, counts[a:b],
+                                                          counts64[a:b], flagged[a:b], a)
+            ranges = _split(n, _threads(n), 128)
+            found = _parallel(part, ranges)
+            nf = found[0] if found else 0
+            for (a, _), k in zip(ranges[1:], found[1:]):  # pack the parts' flagged indices
+                flagged[nf:nf + k] = flagged[a:a + k].copy()
+                nf += k
+        else:
+            nf = kernels.if_sync_closed_form32(y, inv32, a32, np.float32(lo32.min()), D, np.float32(m32.max()),
+                                               counts, counts64, flagged)
     else:
-        nf = kernels.if_sync_closed_form(y, v0, hi_, theta, D, margin, counts, counts64, flagged)
+        nf = kernels.if_sync_closed_form(y, v0, hi_, theta, D, float(margin.max()), counts, counts64, flagged)
     near = 0
     if nf:
-        cur = _exact_at(ap, fl, flagged, nf)
-        near = kernels.if_sync_refine(cur, flagged, nf, fl.bias, fl.has_bias, fl.O, S, v0, hi_, theta, D,
-                                      node.rounding == "half_even", NEAR_TIE_TOL, counts, counts64)
-    shape = tuple(ap.y.shape)
+        cur = _exact_at(ap, fl, flagged[:nf], nf, arena)
+        half_even = node.rounding == "half_even"
+
+        def refine(a, b):
+            return kernels.if_sync_refine(cur[a:b], flagged[a:b], b - a, fl.bias, fl.has_bias, fl.O, S, v0, hi_,
+                                          theta, D, half_even, NEAR_TIE_TOL, counts, counts64)
+        near = sum(_parallel(refine, _split(nf, _threads(nf * 64))))
     return torch.from_numpy(counts.reshape(shape)), counts64.reshape(shape), int(near)
+
+
+# -- the numba kernels on PyTorch's thread count ---------------------------------------------------
+
+_POOL: list = []  # [ThreadPoolExecutor] once needed
+_PARALLEL_MIN = 1 << 18  # elements (or products) below which one thread is faster than dispatching
+
+
+def _split(n: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
+    """``parts`` contiguous ranges covering ``range(n)``, their bounds multiples of ``align``."""
+    step = -(-n // parts)
+    step = -(-step // align) * align
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def _parallel(fn, ranges: list) -> list:
+    """``[fn(a, b) for a, b in ranges]``, the first range on this thread and the others on worker
+    threads (the kernels release the GIL). Uses as many threads as PyTorch does
+    (``torch.get_num_threads()``), so that the simulator and a PyTorch forward get the same cores."""
+    if len(ranges) <= 1:
+        return [fn(a, b) for a, b in ranges]
+    if not _POOL or _POOL[0]._max_workers < len(ranges) - 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL[:] = [ThreadPoolExecutor(max_workers=len(ranges) - 1, thread_name_prefix="neurodeploy-sim")]
+    futures = [_POOL[0].submit(fn, a, b) for a, b in ranges[1:]]
+    first = fn(*ranges[0])
+    return [first] + [f.result() for f in futures]
+
+
+def _threads(work: int) -> int:
+    return 1 if work < _PARALLEL_MIN else max(1, min(torch.get_num_threads(), work // (_PARALLEL_MIN // 2)))
 
 
 # -- graph walking ---------------------------------------------------------------------------------
 
+class _Arena:
+    """Work buffers reused across layers, batches and calls of one cached ``_Exec`` (fresh arrays
+    per layer cost ~1.5k minor page faults per call once glibc hands freed memory back to the OS).
+    Only for arrays that never leave a simulation; ``lock`` keeps concurrent simulations of the
+    same graph apart (the one that does not get it uses a throwaway arena)."""
+
+    LIMIT = 2 ** 28  # bytes kept between calls (beyond it, buffers are allocated per use as before)
+
+    def __init__(self):
+        import threading
+
+        self.bufs: dict = {}
+        self.lock = threading.Lock()
+
+    def get(self, key, n: int, dtype) -> np.ndarray:
+        buf = self.bufs.get(key)
+        if buf is not None and buf.size >= n and buf.dtype == np.dtype(dtype):
+            return buf[:n]
+        buf = np.empty(n, dtype=dtype)
+        kept = sum(b.nbytes for k, b in self.bufs.items() if k != key)
+        if kept + buf.nbytes <= self.LIMIT:
+            self.bufs[key] = buf
+        return buf
+
+
+
 _U32 = 2.0 ** -24  # unit roundoff of float32
 _REFINE_ALL = False  # tests: refine every neuron of the fast path (exercises the exact refinement)
 _CLOSED_FORM_F32 = True  # the closed form / filter in float32 (else float64) arithmetic
+# every fast Conv2d convolves channels-last (else only those with 2-7 input channels, where oneDNN's
+# NCHW kernels are slow: 10x at 3 channels on one thread). Off: NHWC convolutions are 10-20 % faster
+# for 16-64 channels, but writing their counts back to NCHW costs as much as that saves.
+_CHANNELS_LAST = False
 
 
 @dataclass
@@ -239,7 +322,8 @@ class _FastLayer:
     has_bias: bool
     err: float  # bound on |float32 result - exact integer result| (bias included)
     O: int
-    channels_last: bool = False  # convolve in channels-last memory format (result made contiguous)
+    channels_last: bool = False  # convolve in channels-last memory format
+    err_c: np.ndarray | None = None  # the bound per output channel (err = its maximum)
 
 
 @dataclass
@@ -268,7 +352,7 @@ def _fp32_is_ieee() -> bool:
     return all(str(p) in ("none", "ieee") for p in precs)
 
 
-def _exact_at(ap: _Approx, fl: _FastLayer, idx: np.ndarray, nidx: int) -> np.ndarray:
+def _exact_at(ap: _Approx, fl: _FastLayer, idx: np.ndarray, nidx: int, arena: "_Arena") -> np.ndarray:
     """Exact integer sums (no bias) of a fast layer at flat output indices ``idx[:nidx]``."""
     node, w64, out = ap.node, fl.w64, np.empty(nidx)
     x = ap.x.numpy()
@@ -288,12 +372,22 @@ def _exact_at(ap: _Approx, fl: _FastLayer, idx: np.ndarray, nidx: int) -> np.nda
         Ho, Wo = ap.y.shape[2], ap.y.shape[3]
         (sh, sw), (ph, pw), (dh, dw) = node.stride, node.padding, node.dilation
     geo = (ap.y.shape[1], Ho, Wo, int(sh), int(sw), int(ph), int(pw), int(dh), int(dw), int(node.groups))
-    if nidx * w64.shape[1] * w64.shape[2] * w64.shape[3] > 2 * x4.size:
-        # many outputs: a channels-last copy of x makes every gathered patch a few contiguous runs
-        xl = np.ascontiguousarray(x4.transpose(0, 2, 3, 1))
-        kernels.conv2d_exact_at(xl, fl.w64_cl, idx, nidx, *geo, out)
+    fan = w64.shape[1] * w64.shape[2] * w64.shape[3]
+    if _is_channels_last(ap.x):  # stored NHWC: every gathered patch is KH·KW contiguous channel runs
+        xl, wk, kernel = np.ascontiguousarray(x4.transpose(0, 2, 3, 1)), fl.w64_cl, kernels.conv2d_exact_at
+    elif nidx * fan > 2 * x4.size:
+        # many outputs: a channels-last copy of x (~1 ns per element) makes every gathered patch a
+        # few contiguous runs (~0.2 ns per product instead of ~1 ns strided)
+        B, C, H, W = x4.shape
+        xl = arena.get(("nhwc", ap.name), x4.size, x4.dtype).reshape(B, H, W, C)
+        torch.from_numpy(xl).copy_(torch.from_numpy(x4).permute(0, 2, 3, 1))  # on PyTorch's threads
+        wk, kernel = fl.w64_cl, kernels.conv2d_exact_at
     else:
-        kernels.conv2d_exact_at_nchw(np.ascontiguousarray(x4), w64, idx, nidx, *geo, out)
+        xl, wk, kernel = np.ascontiguousarray(x4), w64, kernels.conv2d_exact_at_nchw
+
+    def part(a, b):
+        kernel(xl, wk, idx[a:b], b - a, *geo, out[a:b])
+    _parallel(part, _split(nidx, _threads(nidx * fan)))
     return out
 
 
@@ -316,6 +410,9 @@ class _Exec:
             except Exception:  # pragma: no cover - incomplete quantisation: stay on float64
                 bounds = None
         self.input_f32: set[str] = set()
+        self.channels_last: set[str] = set()  # inputs quantised straight to NHWC float32
+        self.arena = _Arena()
+        self.internal: set[str] = set()  # IF layers and inputs read only by fast layers: buffers reused
         if bounds is not None and fast and _fp32_is_ieee():
             self._plan_fast(graph, bounds)
             for n in graph.input_names():  # real-valued inputs quantised straight to float32
@@ -324,6 +421,14 @@ class _Exec:
                 if (not inp.is_spikes and inp.scale_q is not None and cons and all(c in self.fast for c in cons)
                         and bounds[n] < 2 ** 24):
                     self.input_f32.add(n)
+            self.internal = {n for n in set(graph.neurons()) | self.input_f32
+                             if graph.consumers_of(n) and all(c in self.fast for c in graph.consumers_of(n))}
+            # inputs read only by channels-last fast convolutions are quantised channels-last
+            for n in self.input_f32:
+                cons = graph.consumers_of(n)
+                if (len(graph.nodes[n].shape or ()) == 3 and cons
+                        and all(c in self.fast and self.fast[c].channels_last for c in cons)):
+                    self.channels_last.add(n)
         self.w, self.b = {}, {}
         for n in graph.of_type(*ir.WEIGHT_NODES):
             node = graph.nodes[n]
@@ -382,16 +487,18 @@ class _Exec:
                 w64_cl=None if w64.ndim != 4 else np.ascontiguousarray(w64.transpose(0, 2, 3, 1)),
                 bias=(np.zeros(1) if bq is None else bq.astype(np.float64)),
                 has_bias=bq is not None, err=float(gamma * float(tot.max())), O=O,
-                channels_last=isinstance(node, ir.Conv2d) and 1 < wq.shape[1] < 8 and node.groups == 1)
+                channels_last=isinstance(node, ir.Conv2d) and (
+                    _CHANNELS_LAST or (1 < wq.shape[1] < 8 and node.groups == 1)),
+                err_c=gamma * tot)
 
     def lin_fast(self, name: str, node, x: torch.Tensor) -> "_Approx":
         """Float32 result of a fast layer, with its float32 input for the exact refinement."""
         fl = self.fast[name]
         xf = x.to(torch.float32)  # integers below 2**24: exact
         if isinstance(node, ir.Conv2d):
-            if fl.channels_last:  # oneDNN's NCHW kernels are slow for very few input channels
-                y = F.conv2d(xf.contiguous(memory_format=torch.channels_last), fl.w32, fl.b32, node.stride,
-                             node.padding, node.dilation, node.groups)
+            if fl.channels_last:  # (no copy when the input was produced channels-last)
+                xf = xf.contiguous(memory_format=torch.channels_last)
+                y = F.conv2d(xf, fl.w32, fl.b32, node.stride, node.padding, node.dilation, node.groups)
             else:
                 y = F.conv2d(xf, fl.w32, fl.b32, node.stride, node.padding, node.dilation, node.groups)
         elif isinstance(node, ir.Conv1d):
@@ -501,7 +608,7 @@ def _exec_signature(graph: ir.Graph, quantized: bool, fast: bool):
         f = tuple((k, ("array", v.shape, str(v.dtype)) if isinstance(v, np.ndarray) else v)
                   for k, v in ir.node_fields(node).items() if k not in ("meta", "source"))
         nodes.append((name, type(node).__name__, f))
-    return (quantized, fast, _fp32_is_ieee(), q.get("accumulation_limit"), q.get("input_bound_int"),
+    return (quantized, fast, _fp32_is_ieee(), _CHANNELS_LAST, q.get("accumulation_limit"), q.get("input_bound_int"),
             tuple(map(tuple, graph.edges)), tuple(nodes))
 
 
@@ -550,7 +657,8 @@ def _prepare_input(graph: ir.Graph, x) -> np.ndarray:
         raise NeurodeployError(f"input batch has per-sample shape {tuple(x.shape[1:])}, graph expects {shape}",
                                layer=node.source or ins[0], fix="pass x as [batch, *input_shape]")
     rng = quantized_input_range(graph.metadata.get("quantization"))
-    if rng is not None:
+    # one pass when every value is inside (NaN counts as outside); the full check names the sample
+    if rng is not None and not (HAVE_NUMBA and kernels.max_abs(np.ascontiguousarray(x).reshape(-1)) <= rng):
         check_input_range(x, rng, layer=node.source or ins[0])
     return x
 
@@ -562,7 +670,7 @@ def _output_factor(graph: ir.Graph, out: str, quantized: bool) -> float:
     return float((graph.metadata.get("output_scales") or {}).get(out, 1.0))
 
 
-def _sync(graph: ir.Graph, x: torch.Tensor, quantized: bool, record: bool, ex: _Exec):
+def _sync(graph: ir.Graph, x: torch.Tensor, quantized: bool, record: bool, ex: _Exec, arena: _Arena):
     values: dict[str, torch.Tensor] = {}
     ready: dict[str, int] = {}
     start: dict[str, int] = {}
@@ -574,9 +682,14 @@ def _sync(graph: ir.Graph, x: torch.Tensor, quantized: bool, record: bool, ex: _
         if isinstance(node, ir.Input):
             if name in ex.input_f32 and not record:  # read only by fast layers: float32 integers
                 xn = np.ascontiguousarray(x.numpy()).reshape(-1)
-                out = np.empty(xn.size, dtype=np.float32)
-                kernels.quantize_input_f32(xn, float(node.scale_q), out)
-                values[name] = torch.from_numpy(out.reshape(tuple(x.shape)))
+                out = arena.get(("input", name), xn.size, np.float32)
+                if name in ex.channels_last:
+                    B, C, H, W = x.shape
+                    kernels.quantize_input_f32_cl(xn, C, H * W, float(node.scale_q), out)
+                    values[name] = torch.from_numpy(out.reshape(B, H, W, C)).permute(0, 3, 1, 2)
+                else:
+                    kernels.quantize_input_f32(xn, float(node.scale_q), out)
+                    values[name] = torch.from_numpy(out.reshape(tuple(x.shape)))
             else:
                 values[name] = ops.quantize_input(node, x, quantized).to(ex.dtype)
             ready[name] = 0
@@ -587,7 +700,8 @@ def _sync(graph: ir.Graph, x: torch.Tensor, quantized: bool, record: bool, ex: _
         if isinstance(node, ir.IFNeuron):
             start[name] = t0
             if isinstance(ins[0], _Approx):
-                c, c64, nt = _if_sync_fast(node, ins[0], ex.fast[ins[0].name], ex.count_dtype)
+                c, c64, nt = _if_sync_fast(node, ins[0], ex.fast[ins[0].name], ex.count_dtype, arena,
+                                           name if name in ex.internal else None)
                 values[name], counts[name], near[name] = c, c64, nt
             else:
                 c, tr, nt = _if_sync(node, ins[0], quantized, record, ex.count_dtype)
@@ -778,13 +892,19 @@ def simulate(graph: ir.Graph, x, *, schedule: str = "sync", record_trains: bool 
     ex = _get_exec(graph, quantized, fast)
     # NNPACK (used by PyTorch for float32 convolutions when oneDNN is disabled) computes Winograd/FFT
     # convolutions whose rounding errors the fast path does not bound: keep it off
-    with torch.inference_mode(), torch.backends.nnpack.flags(enabled=False):
-        for i in chunks:
-            xb = torch.as_tensor(xs[i:i + bs], dtype=ops.DTYPE)
-            if schedule == "sync":
-                parts.append(_sync(graph, xb, quantized, record_trains, ex))
-            else:
-                parts.append(_streaming(graph, xb, quantized, record_trains, horizon, ex))
+    own_arena = ex.arena.lock.acquire(blocking=False)  # a concurrent simulation of this graph: its own
+    arena = ex.arena if own_arena else _Arena()
+    try:
+        with torch.inference_mode(), torch.backends.nnpack.flags(enabled=False):
+            for i in chunks:
+                xb = torch.as_tensor(xs[i:i + bs], dtype=ops.DTYPE)
+                if schedule == "sync":
+                    parts.append(_sync(graph, xb, quantized, record_trains, ex, arena))
+                else:
+                    parts.append(_streaming(graph, xb, quantized, record_trains, horizon, ex))
+    finally:
+        if own_arena:
+            ex.arena.lock.release()
     neurons = graph.neurons()
     def _np(a):
         return a.numpy() if isinstance(a, torch.Tensor) else a

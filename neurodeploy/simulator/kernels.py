@@ -275,12 +275,22 @@ def conv2d_exact_at(x, w, idx, nidx, O, Ho, Wo, sh, sw, ph, pw, dh, dw, groups, 
         kw1 = min(KW, (W - 1 - w0) // dw + 1) if W - 1 - w0 >= 0 else 0
         c0 = (o // Og) * Cg
         acc = 0.0
+        # unsigned offsets: numba then skips its negative-index wraparound, and the inner loops
+        # vectorise (~8x)
         for kh in range(kh0, kh1):
-            for kw in range(kw0, kw1):
-                xr = ((b * H + h0 + kh * dh) * W + w0 + kw * dw) * C + c0
-                wr = ((o * KH + kh) * KW + kw) * Cg
-                for c in range(Cg):  # contiguous in both
-                    acc += np.float64(xf[xr + c]) * wf[wr + c]
+            if dw == 1 and Cg == C:  # the kernel row's inputs are one contiguous run
+                if kw1 <= kw0:
+                    continue
+                xr = np.uint64(((b * H + h0 + kh * dh) * W + w0 + kw0) * C)
+                wr = np.uint64(((o * KH + kh) * KW + kw0) * Cg)
+                for j in range(np.uint64((kw1 - kw0) * C)):
+                    acc += np.float64(xf[xr + j]) * wf[wr + j]
+            else:
+                for kw in range(kw0, kw1):
+                    xr = np.uint64(((b * H + h0 + kh * dh) * W + w0 + kw * dw) * C + c0)
+                    wr = np.uint64(((o * KH + kh) * KW + kw) * Cg)
+                    for c in range(np.uint64(Cg)):  # contiguous in both
+                        acc += np.float64(xf[xr + c]) * wf[wr + c]
         out[t] = acc
 
 
@@ -311,25 +321,14 @@ def conv2d_exact_at_nchw(x, w, idx, nidx, O, Ho, Wo, sh, sw, ph, pw, dh, dw, gro
         kw1 = min(KW, (W - 1 - w0) // dw + 1) if W - 1 - w0 >= 0 else 0
         xb = (b * C + (o // Og) * Cg) * HW
         wb = o * Cg * KK
-        a0 = 0.0  # four independent accumulators (exact integers: the order is irrelevant)
-        a1 = 0.0
-        a2 = 0.0
-        a3 = 0.0
+        acc = 0.0  # exact integers: the order is irrelevant
         for kh in range(kh0, kh1):
             for kw in range(kw0, kw1):
-                xr = xb + (h0 + kh * dh) * W + w0 + kw * dw
-                wr = wb + kh * KW + kw
-                c = 0
-                while c + 4 <= Cg:
-                    a0 += np.float64(xf[xr + c * HW]) * wf[wr + c * KK]
-                    a1 += np.float64(xf[xr + (c + 1) * HW]) * wf[wr + (c + 1) * KK]
-                    a2 += np.float64(xf[xr + (c + 2) * HW]) * wf[wr + (c + 2) * KK]
-                    a3 += np.float64(xf[xr + (c + 3) * HW]) * wf[wr + (c + 3) * KK]
-                    c += 4
-                while c < Cg:
-                    a0 += np.float64(xf[xr + c * HW]) * wf[wr + c * KK]
-                    c += 1
-        out[t] = (a0 + a1) + (a2 + a3)
+                xr = np.uint64(xb + (h0 + kh * dh) * W + w0 + kw * dw)  # unsigned: no wraparound checks
+                wr = np.uint64(wb + kh * KW + kw)
+                for c in range(np.uint64(Cg)):
+                    acc += np.float64(xf[xr + c * np.uint64(HW)]) * wf[wr + c * np.uint64(KK)]
+        out[t] = acc
 
 
 @njit(cache=CACHE, nogil=True, fastmath={"reassoc", "contract"})
@@ -347,15 +346,18 @@ def linear_exact_at(x, w, idx, nidx, out):
 
 
 @njit(cache=CACHE, nogil=True)
-def if_sync_refine(cur, idx, nidx, bias, has_bias, O, S, v0, hi, theta, D, half_even, tol, counts, counts64):
+def if_sync_refine(cur, idx, nidx, bias, has_bias, O, S, v0, hi, theta, D, half_even, tol, counts, counts64,
+                   counts_cl=False):
     """The flagged neurons of :func:`if_sync_closed_form`, from their exact currents ``cur[:nidx]``:
     v = min(cur + bias[o] + v0, hi), then D timesteps of fire / subtract (as :func:`if_sync_kernel`).
+    ``idx`` are NCHW flat indices; ``counts`` is channels-last when ``counts_cl``.
     Returns the number of near-ties among them."""
     near = 0
     inv = 1.0 / theta
     for t in range(nidx):
         i = idx[t]
-        o = (i // S) % O
+        q = i // S
+        o = q % O
         v = cur[t] + v0
         if has_bias:
             v += bias[o]
@@ -375,7 +377,10 @@ def if_sync_refine(cur, idx, nidx, bias, has_bias, O, S, v0, hi, theta, D, half_
                 break
             c += 1
             v -= theta
-        counts[i] = c
+        if counts_cl:  # pixel (b, s) = (q // O, i % S), channel o
+            counts[((q // O) * S + i % S) * O + o] = c
+        else:
+            counts[i] = c
         counts64[i] = c
     return near
 
@@ -386,3 +391,71 @@ def quantize_input_f32(x, scale, out):
     exact), the same integers as :func:`neurodeploy.ops.quantize_input` in one pass."""
     for i in range(x.shape[0]):
         out[i] = np.rint(x[i] * scale)
+
+
+@njit(cache=CACHE, nogil=True)
+def if_sync_closed_form32_rows(y, C, S, inv, a, lo_hi, D, m, counts, counts64, flagged, base):
+    """:func:`if_sync_closed_form32` with one margin ``m[c]`` / saturation bound ``lo_hi[c]`` per
+    output channel, for a part ``y`` (and ``counts``, ``counts64``: the same part) of a layer's
+    flat result that starts at flat index ``base``; the layer is viewed as ``[B·C, S]`` (row r is
+    channel r % C). A block that spans rows of several channels uses the largest margin and the
+    lowest bound among them (a wider test: never a wrong decision). The flagged neurons' layer-wide
+    flat indices are written to ``flagged`` (a caller splitting a layer across threads gives each
+    part its own slice). Returns the number flagged."""
+    n = y.shape[0]
+    Df = np.float32(D)
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    half = np.float32(0.5)
+    nf = 0
+    BS = 128  # blocks: the (rare) flagged neurons are collected only in blocks that have some
+    fb = np.zeros(BS, dtype=np.uint8)
+    for blk in range((n + BS - 1) // BS):  # indices provably >= 0 (else no vectorisation)
+        s0 = blk * BS
+        L = min(n - s0, BS)
+        r0 = (base + s0) // S
+        mc = m[r0 % C]
+        lc = lo_hi[r0 % C]
+        for r in range(r0 + 1, (base + s0 + L - 1) // S + 1):  # further rows in this block
+            mc = max(mc, m[r % C])
+            lc = min(lc, lo_hi[r % C])
+        anyf = 0
+        for j in range(L):  # branch-free, vectorisable
+            u = y[s0 + j] * inv + a
+            c = min(max(np.floor(u), zero), Df)
+            counts[s0 + j] = c
+            counts64[s0 + j] = np.int64(c)
+            k = min(max(np.floor(u + half), one), Df)
+            f = (np.abs(u - k) <= mc) | (u >= lc)
+            fb[j] = f
+            anyf += f
+        if anyf:
+            for j in range(L):
+                if fb[j]:
+                    flagged[nf] = base + s0 + j
+                    nf += 1
+    return nf
+
+
+@njit(cache=CACHE, nogil=True)
+def quantize_input_f32_cl(x, C, S, scale, out):
+    """:func:`quantize_input_f32` writing channels-last: ``x`` flat NCHW [B, C, S] (float64),
+    ``out`` flat [B, S, C] float32."""
+    B = x.shape[0] // (C * S)
+    for b in range(B):
+        for c in range(C):
+            src = (b * C + c) * S
+            dst = b * S * C + c
+            for s in range(S):
+                out[dst + s * C] = np.rint(x[src + s] * scale)
+
+
+@njit(cache=CACHE, nogil=True)
+def max_abs(x):
+    """max |x| of a flat float64 array in one pass (inf if any NaN; 0 if empty)."""
+    m = 0.0
+    for i in range(x.shape[0]):
+        v = abs(x[i])
+        if not v <= m:  # also NaN
+            m = v if v == v else np.inf
+    return m
