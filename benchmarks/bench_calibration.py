@@ -6,6 +6,8 @@ the calibration never saw.
   the features, is in ``neurodeploy verify --calibration``'s output);
 * the 3x64x64 benchmark net (benchmarks/nets.py LargeConvNet, random weights) on loihi: calibrated
   on 64 random 8-bit images, measured on 64 others, with the class agreement of its 10 outputs;
+* digits_chain on loihi with ``--synapse-groups 2`` (conv weights as two 8-bit synapse groups);
+* Speck's 16-bit state headroom under the layer barrier (why finer weights cannot help there);
 * the weight-bit study (sim) on digits_chain: final-layer agreement vs N;
 * the E-SpikeFormer-style test model (conv stages, sim: residual sums share one scale): 8 bits.
 
@@ -77,7 +79,10 @@ def main() -> None:
     xc = np.load(EX / "digits_calib.npz")["x"]
     xt = np.load(EX / "digits_test.npz")["x"]
     run("digits_chain, loihi", loihi_cal, p.canonical, xc, xt, "digits_test.npz (360)")
+    run("digits_chain, loihi --synapse-groups 2", loihi_cal, p.canonical, xc, xt, "digits_test.npz (360)",
+        synapse_groups=2)
     run("digits_chain, speck (layer barrier)", speck_cal, p.canonical, xc, xt, "digits_test.npz (360)")
+    speck_state_headroom(p.canonical, xc)
     if args.bits:
         rows = study(p.canonical, xc, xt, args.bits, "digits_test.npz (360)")
         print()
@@ -89,8 +94,30 @@ def main() -> None:
         g = canonicalize(to_graph(LargeConvNet()))
         run("3x64x64 bench net (LargeConvNet), loihi", loihi_cal, g, image_input(64, 0), image_input(64, 1),
             "64 held-out random images", classifier=True)
+        run("3x64x64 bench net (LargeConvNet), loihi --synapse-groups 2", loihi_cal, g, image_input(64, 0),
+            image_input(64, 1), "64 held-out random images", classifier=True, synapse_groups=2)
     if not args.skip_espikeformer:
         espikeformer_study()
+
+
+def speck_state_headroom(canonical, xc) -> None:
+    """Why Speck's barrier schedule cannot take finer weights: per layer, the 16-bit state over what
+    the barrier needs (hold H + worst negative partial sum N + θ, all at the layer's scale). A finer
+    weight scale (more bits, e.g. by splitting channels) multiplies H, N and θ alike."""
+    from neurodeploy.targets.speck.barrier import quantize_for_barrier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q, plan = quantize_for_barrier(canonical, xc, input_bound=16, input_scale=16.0, max_input_events=16)
+    print("\n== speck layer barrier: 16-bit state headroom at the calibrated input code (x finer scale that fits)")
+    for name, lb in plan.layers.items():  # plan_barrier's own test: v0 - H - N >= -32768, H + θ - 1 <= 32767
+        held = plan.held_initial_values(q, name)[:, 0, 0]
+        room = min(32768 / max(int((lb.negative - held).max()), 1), 32767 / (int(lb.hold.max()) + lb.theta - 1))
+        print(f"  {name:<22} θ_q {lb.theta:>5}  H {int(lb.hold.max()):>6}  N {int(lb.negative.max()):>6}  "
+              f"headroom x{room:.2f} (+{max(0.0, float(np.log2(room))):.1f} bits)")
+    shrunk = q.metadata["quantization"].get("barrier_scales") or {}
+    for layer, f in shrunk.items():
+        print(f"  {layer}: scale already x{f:.3f} below its 8-bit weights so that the barrier fits")
 
 
 def espikeformer_study() -> None:

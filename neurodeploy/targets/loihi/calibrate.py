@@ -18,7 +18,7 @@ import numpy as np
 
 from ... import ir, ops
 from ...calibration import dyadic_bits, input_peak, is_signed
-from ...calibration.layerwise import Rules, agreement, calibrate_graph, weight_neuron_pairs
+from ...calibration.layerwise import Rules, calibrate_graph, significant_gain, weight_neuron_pairs
 from .quantize import STATE_LIMIT, THETA_MAX, VTH_MAX, describe_groups, netx_dense_weights
 
 
@@ -93,10 +93,11 @@ def _input_scales(x, input_bits: int = 8) -> list[float | None]:
     return [None] + sorted({s for s in (step, top) if s > 0 and s * peak <= qmax})
 
 
-def _final_agreement(q: ir.Graph, x) -> float:
+def final_equal(q: ir.Graph, x):
+    """Per value of the final neuron layer: the quantised count equals the model's (bool, flat)."""
     ref, got = ops.evaluate(q, x, quantized=False), ops.evaluate(q, x, quantized=True)
     last = weight_neuron_pairs(q)[-1][1]
-    return agreement(got[last].numpy(), ref[last].numpy())
+    return (got[last] == ref[last]).flatten()
 
 
 def calibrate(graph: ir.Graph, x, **options):
@@ -109,11 +110,11 @@ def calibrate(graph: ir.Graph, x, **options):
         scales = [options.pop("input_scale", None)]
     else:
         scales = _input_scales(x, options.get("input_bits", 8))
-    for s in scales:
+    for s in scales:  # the first (the quantiser's own) unless another is significantly better
         q = quantize(graph, calibration=x, **options, **({} if s is None else {"input_scale": s}))
-        score = _final_agreement(q, x)
-        if best is None or score > best[0]:
-            best = (score, q, s)
+        eq = final_equal(q, x)
+        if best is None or significant_gain(eq, best[0]):
+            best = (eq, q, s)
     _, q, s = best
     g, results = calibrate_graph(q, x, rules(q))
     refresh_report(g)

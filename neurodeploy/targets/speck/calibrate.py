@@ -93,7 +93,8 @@ def quantize_base(graph: ir.Graph, x, **options) -> ir.Graph:
 def calibrate(graph: ir.Graph, x, **options):
     """(calibrated graph, per-layer results, input choice) for a canonical ``graph`` and inputs
     ``x``; the input choice (rate code) with the best final-layer agreement on ``x`` is kept."""
-    from ..loihi.calibrate import _final_agreement
+    from ...calibration.layerwise import significant_gain
+    from ..loihi.calibrate import final_equal
 
     import warnings
 
@@ -102,9 +103,9 @@ def calibrate(graph: ir.Graph, x, **options):
         with warnings.catch_warnings(record=True) as caught:  # only the chosen quantisation's warnings
             warnings.simplefilter("always")
             q = quantize_base(graph, x, **options, **choice)
-        score = _final_agreement(q, x)
-        if best is None or score > best[0]:
-            best = (score, q, choice, caught)
+        eq = final_equal(q, x)  # the configured code unless another is significantly better
+        if best is None or significant_gain(eq, best[0]):
+            best = (eq, q, choice, caught)
     _, q, choice, caught = best
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
