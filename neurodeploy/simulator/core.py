@@ -198,8 +198,10 @@ def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32, arena: "_Ar
     """Sync IF layer fed by a fast layer (filter and refine, exact): closed-form counts from the
     float32 currents, then the time-stepped kernel on the exact currents of the neurons that the
     float32 error bound cannot decide. ``arena`` with ``name``: the float32 counts go to a reused
-    buffer (only for layers whose counts do not leave the simulation). Returns (counts, counts64,
-    near_ties)."""
+    buffer (only for layers whose counts do not leave the simulation). Returns (counts, result,
+    near_ties): the result is int64, or the float32 counts themselves (the caller converts them
+    after the last layer, as a PyTorch forward would: off the layer chain, so the int64 writes do
+    not push the next convolution's input out of the caches)."""
     arena = arena if arena is not None else _Arena()
     theta, v0, hi, _ = _neuron_params(node, True)
     D = int(node.max_spikes)
@@ -212,14 +214,17 @@ def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32, arena: "_Ar
     margin = np.full(fl.O, np.inf) if _REFINE_ALL else fl.err_c + (2.0 * NEAR_TIE_TOL * theta + 16.0)
     n = y.size
     counts = arena.get(("counts", name), n, count_dtype) if name is not None else np.empty(n, dtype=count_dtype)
-    counts64 = np.empty(n, dtype=np.int64)
     flagged = arena.get("flagged", n, np.int64)  # only its first few entries are ever written
+    if _CLOSED_FORM_F32 and count_dtype == np.float32 and S >= 64:
+        counts64 = counts  # (the result: converted by the caller)
+    else:
+        counts64 = np.empty(n, dtype=np.int64)
     if _CLOSED_FORM_F32 and count_dtype == np.float32:
         inv32, a32, m32, lo32 = _float32_test_params(theta, v0, hi, D, margin)
         if S >= 64:  # long rows of one channel each: that channel's margin
             def part(a, b):
                 return kernels.if_sync_closed_form32_rows(y[a:b], fl.O, S, inv32, a32, lo32, D, m32, counts[a:b],
-                                                          counts64[a:b], flagged[a:b], a)
+                                                          flagged[a:b], a)
             ranges = _split(n, _threads(n), 128)
             found = _parallel(part, ranges)
             nf = found[0] if found else 0
@@ -240,7 +245,8 @@ def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32, arena: "_Ar
             return kernels.if_sync_refine(cur[a:b], flagged[a:b], b - a, fl.bias, fl.has_bias, fl.O, S, v0, hi_,
                                           theta, D, half_even, NEAR_TIE_TOL, counts, counts64)
         near = sum(_parallel(refine, _split(nf, _threads(nf * 64))))
-    return torch.from_numpy(counts.reshape(shape)), counts64.reshape(shape), int(near)
+    c = torch.from_numpy(counts.reshape(shape))
+    return c, (c if counts64 is counts else counts64.reshape(shape)), int(near)
 
 
 # -- the numba kernels on PyTorch's thread count ---------------------------------------------------
@@ -306,9 +312,11 @@ class _Arena:
 _U32 = 2.0 ** -24  # unit roundoff of float32
 _REFINE_ALL = False  # tests: refine every neuron of the fast path (exercises the exact refinement)
 _CLOSED_FORM_F32 = True  # the closed form / filter in float32 (else float64) arithmetic
-# every fast Conv2d convolves channels-last (else only those with 2-7 input channels, where oneDNN's
-# NCHW kernels are slow: 10x at 3 channels on one thread). Off: NHWC convolutions are 10-20 % faster
-# for 16-64 channels, but writing their counts back to NCHW costs as much as that saves.
+# fast Conv2d layers convolve channels-last (NHWC; inputs quantised straight to NHWC). Off: oneDNN's
+# NHWC kernels are 10-20 % faster for 16-64 channels, but bringing their results back to NCHW for
+# the closed form costs more (~1 ns per value: 2 ms for the 3x64x64 net's first layer). A 3-channel
+# NCHW convolution measured 10x slower than NHWC only in a fresh process, where the time is the page
+# faults of its new buffers, not the arithmetic.
 _CHANNELS_LAST = False
 
 
@@ -487,8 +495,7 @@ class _Exec:
                 w64_cl=None if w64.ndim != 4 else np.ascontiguousarray(w64.transpose(0, 2, 3, 1)),
                 bias=(np.zeros(1) if bq is None else bq.astype(np.float64)),
                 has_bias=bq is not None, err=float(gamma * float(tot.max())), O=O,
-                channels_last=isinstance(node, ir.Conv2d) and (
-                    _CHANNELS_LAST or (1 < wq.shape[1] < 8 and node.groups == 1)),
+                channels_last=isinstance(node, ir.Conv2d) and _CHANNELS_LAST,
                 err_c=gamma * tot)
 
     def lin_fast(self, name: str, node, x: torch.Tensor) -> "_Approx":
@@ -715,6 +722,9 @@ def _sync(graph: ir.Graph, x: torch.Tensor, quantized: bool, record: bool, ex: _
         else:
             values[name] = ex.lin(name, node, ins)
             ready[name] = t0
+    for n, c in counts.items():  # float32 counts of the fast path: int64, on PyTorch's threads
+        if isinstance(c, torch.Tensor) and c.dtype == torch.float32:
+            counts[n] = c.to(torch.int64).numpy()
     T = max([ready[n] for n in order] + [0])
     outs = {o: values[o] for o in graph.output_names()}
     if record:  # place each layer's D steps at its start step

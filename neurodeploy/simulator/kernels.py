@@ -346,18 +346,15 @@ def linear_exact_at(x, w, idx, nidx, out):
 
 
 @njit(cache=CACHE, nogil=True)
-def if_sync_refine(cur, idx, nidx, bias, has_bias, O, S, v0, hi, theta, D, half_even, tol, counts, counts64,
-                   counts_cl=False):
+def if_sync_refine(cur, idx, nidx, bias, has_bias, O, S, v0, hi, theta, D, half_even, tol, counts, counts64):
     """The flagged neurons of :func:`if_sync_closed_form`, from their exact currents ``cur[:nidx]``:
     v = min(cur + bias[o] + v0, hi), then D timesteps of fire / subtract (as :func:`if_sync_kernel`).
-    ``idx`` are NCHW flat indices; ``counts`` is channels-last when ``counts_cl``.
-    Returns the number of near-ties among them."""
+    ``counts64`` may be ``counts`` itself. Returns the number of near-ties among them."""
     near = 0
     inv = 1.0 / theta
     for t in range(nidx):
         i = idx[t]
-        q = i // S
-        o = q % O
+        o = (i // S) % O
         v = cur[t] + v0
         if has_bias:
             v += bias[o]
@@ -377,10 +374,7 @@ def if_sync_refine(cur, idx, nidx, bias, has_bias, O, S, v0, hi, theta, D, half_
                 break
             c += 1
             v -= theta
-        if counts_cl:  # pixel (b, s) = (q // O, i % S), channel o
-            counts[((q // O) * S + i % S) * O + o] = c
-        else:
-            counts[i] = c
+        counts[i] = c
         counts64[i] = c
     return near
 
@@ -394,10 +388,11 @@ def quantize_input_f32(x, scale, out):
 
 
 @njit(cache=CACHE, nogil=True)
-def if_sync_closed_form32_rows(y, C, S, inv, a, lo_hi, D, m, counts, counts64, flagged, base):
+def if_sync_closed_form32_rows(y, C, S, inv, a, lo_hi, D, m, counts, flagged, base):
     """:func:`if_sync_closed_form32` with one margin ``m[c]`` / saturation bound ``lo_hi[c]`` per
-    output channel, for a part ``y`` (and ``counts``, ``counts64``: the same part) of a layer's
-    flat result that starts at flat index ``base``; the layer is viewed as ``[B·C, S]`` (row r is
+    output channel, writing float32 counts only (the int64 copy is made later, off the layer chain),
+    for a part ``y`` (and ``counts``: the same part) of a layer's flat result that starts at flat
+    index ``base``; the layer is viewed as ``[B·C, S]`` (row r is
     channel r % C). A block that spans rows of several channels uses the largest margin and the
     lowest bound among them (a wider test: never a wrong decision). The flagged neurons' layer-wide
     flat indices are written to ``flagged`` (a caller splitting a layer across threads gives each
@@ -422,9 +417,7 @@ def if_sync_closed_form32_rows(y, C, S, inv, a, lo_hi, D, m, counts, counts64, f
         anyf = 0
         for j in range(L):  # branch-free, vectorisable
             u = y[s0 + j] * inv + a
-            c = min(max(np.floor(u), zero), Df)
-            counts[s0 + j] = c
-            counts64[s0 + j] = np.int64(c)
+            counts[s0 + j] = min(max(np.floor(u), zero), Df)
             k = min(max(np.floor(u + half), one), Df)
             f = (np.abs(u - k) <= mc) | (u >= lc)
             fb[j] = f
