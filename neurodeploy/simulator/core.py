@@ -257,7 +257,7 @@ _PARALLEL_MIN = 1 << 18  # elements (or products) below which one thread is fast
 
 def _split(n: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
     """``parts`` contiguous ranges covering ``range(n)``, their bounds multiples of ``align``."""
-    step = -(-n // parts)
+    step = max(1, -(-n // parts))
     step = -(-step // align) * align
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
