@@ -271,6 +271,18 @@ def speck_barrier_options(f):
                              "exactly.")(f)
 
 
+_COUNT_MODEL_OPTIONS = ("bias_mode", "bias_bits", "barrier", "barrier_bounds", "barrier_input_bound", "synapse_groups")
+
+
+def _refuse_count_options(kw: dict) -> None:
+    """The SFA (spike-count) target options have no meaning for a time-stepped model: refuse, never ignore."""
+    given = [k for k in _COUNT_MODEL_OPTIONS if kw.get(k) is not None]
+    if given:
+        names = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise click.UsageError(f"{names}: options of the spike-count (SFA) targets, not of a time-stepped "
+                               "model (--timesteps); drop them")
+
+
 def _speck_barrier_options(target: str, kw: dict) -> dict:
     """Pop --barrier/--barrier-bounds out of ``kw`` as target options; refused for other targets."""
     opts = {k: v for k in ("barrier", "barrier_bounds", "barrier_input_bound") if (v := kw.pop(k, None)) is not None}
@@ -329,6 +341,7 @@ def compile_cmd(target, out_dir, force, data, calibration, calibration_record, v
         raise click.UsageError("--verify needs --data")
     ts = cli_timestepped.pop_options(kw)
     if ts:
+        _refuse_count_options(kw)
         return cli_timestepped.compile_cmd(ts, kw, target=target, out_dir=out_dir, force=force, data=data,
                                            calibration=calibration, verify=verify, profile=profile, limit=limit,
                                            energy=_energy(e_mac, e_ac))
@@ -484,6 +497,7 @@ def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, ca
 
     ts = cli_timestepped.pop_options(kw)
     if ts:
+        _refuse_count_options(kw)
         return cli_timestepped.verify_cmd(ts, kw, data=data, target=target, runtime=runtime, limit=limit,
                                           calibration=calibration, as_json=as_json)
     target_options = _speck_bias_options(target, kw)

@@ -128,3 +128,15 @@ def test_cli_synapse_groups(tmp_path):
     assert r.exit_code == 0, r.output
     side = json.loads((tmp_path / "o2" / "loihi.json").read_text())
     assert side["quantization"]["layers"]["encoder.conv1"]["synapse_groups"][0]["weight_exp"] >= 1
+
+
+def test_count_target_options_are_refused_for_time_stepped_models(tmp_path):
+    """--synapse-groups (and Speck's bias/barrier options) mean nothing for a LIF model: refused, not ignored."""
+    args = [str(EX / "digits_lif.pt"), "--arch", f"{EX / 'digits_lif.py'}:build_encoder", "--timesteps", "6",
+            "--input-layout", "static", "--data", str(EX / "digits_test.npz")]
+    r = CliRunner().invoke(main, ["compile", *args, "--target", "loihi", "--synapse-groups", "2",
+                                  "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--synapse-groups" in r.output and "time-stepped" in r.output
+    assert not (tmp_path / "o").exists()
+    r = CliRunner().invoke(main, ["verify", *args, "--target", "speck", "--bias-mode", "initial"])
+    assert r.exit_code == 2 and "--bias-mode" in r.output
