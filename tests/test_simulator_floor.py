@@ -106,10 +106,11 @@ def test_rows_kernel_per_channel_margins_and_parts():
     m = np.array([0.0, 0.01, 0.05, 0.002, 0.2], dtype=np.float32)
     lo = np.array([np.inf, np.inf, 3.5, np.inf, np.inf], dtype=np.float32)
     inv, a = np.float32(1.0), np.float32(0.25)
-    counts, flagged = np.empty(n, np.float32), np.empty(n, np.int64)
-    nf = kernels.if_sync_closed_form32_rows(y, C, S, inv, a, lo, D, m, counts, flagged, 0)
+    counts, flagged, c8 = np.empty(n, np.float32), np.empty(n, np.int64), np.empty(n, np.uint8)
+    nf = kernels.if_sync_closed_form32_rows(y, C, S, inv, a, lo, D, m, counts, c8, True, flagged, 0)
     u = y * inv + a
     np.testing.assert_array_equal(counts, np.clip(np.floor(u), 0, D))
+    np.testing.assert_array_equal(c8, counts)  # the uint8 copy for the next layer's gathers
     k = np.clip(np.floor(u + np.float32(0.5)), 1, D)
     ch = (np.arange(n) // S) % C
     must = np.flatnonzero((np.abs(u - k) <= m[ch]) | (u >= lo[ch]))
@@ -119,8 +120,9 @@ def test_rows_kernel_per_channel_margins_and_parts():
     assert len(got) < len(may)  # per-channel margins flag fewer than the widest one
     c2, f2 = np.empty(n, np.float32), np.empty(n, np.int64)
     cut = 1280
-    k1 = kernels.if_sync_closed_form32_rows(y[:cut], C, S, inv, a, lo, D, m, c2[:cut], f2, 0)
-    k2 = kernels.if_sync_closed_form32_rows(y[cut:], C, S, inv, a, lo, D, m, c2[cut:], f2[k1:], cut)
+    none8 = np.zeros(1, np.uint8)
+    k1 = kernels.if_sync_closed_form32_rows(y[:cut], C, S, inv, a, lo, D, m, c2[:cut], none8, False, f2, 0)
+    k2 = kernels.if_sync_closed_form32_rows(y[cut:], C, S, inv, a, lo, D, m, c2[cut:], none8, False, f2[k1:], cut)
     np.testing.assert_array_equal(c2, counts)
     np.testing.assert_array_equal(f2[:k1 + k2], got)
 

@@ -194,14 +194,15 @@ def _is_channels_last(t: torch.Tensor) -> bool:
 
 
 def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32, arena: "_Arena | None" = None,
-                  name: str | None = None):
+                  name: str | None = None, small: dict | None = None):
     """Sync IF layer fed by a fast layer (filter and refine, exact): closed-form counts from the
     float32 currents, then the time-stepped kernel on the exact currents of the neurons that the
     float32 error bound cannot decide. ``arena`` with ``name``: the float32 counts go to a reused
     buffer (only for layers whose counts do not leave the simulation). Returns (counts, result,
     near_ties): the result is int64, or the float32 counts themselves (the caller converts them
     after the last layer, as a PyTorch forward would: off the layer chain, so the int64 writes do
-    not push the next convolution's input out of the caches)."""
+    not push the next convolution's input out of the caches). ``small``: a dict that receives the
+    counts as uint8 under ``name`` (for the next layer's exact gathers)."""
     arena = arena if arena is not None else _Arena()
     theta, v0, hi, _ = _neuron_params(node, True)
     D = int(node.max_spikes)
@@ -215,16 +216,19 @@ def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32, arena: "_Ar
     n = y.size
     counts = arena.get(("counts", name), n, count_dtype) if name is not None else np.empty(n, dtype=count_dtype)
     flagged = arena.get("flagged", n, np.int64)  # only its first few entries are ever written
-    if _CLOSED_FORM_F32 and count_dtype == np.float32 and S >= 64:
+    fast_rows = bool(_CLOSED_FORM_F32 and count_dtype == np.float32 and S >= 64)
+    if fast_rows:
         counts64 = counts  # (the result: converted by the caller)
     else:
         counts64 = np.empty(n, dtype=np.int64)
+    w8 = bool(fast_rows and small is not None and name is not None and D <= 255)
+    counts8 = arena.get(("u8", name), n, np.uint8) if w8 else np.zeros(1, dtype=np.uint8)
     if _CLOSED_FORM_F32 and count_dtype == np.float32:
         inv32, a32, m32, lo32 = _float32_test_params(theta, v0, hi, D, margin)
         if S >= 64:  # long rows of one channel each: that channel's margin
             def part(a, b):
                 return kernels.if_sync_closed_form32_rows(y[a:b], fl.O, S, inv32, a32, lo32, D, m32, counts[a:b],
-                                                          flagged[a:b], a)
+                                                          counts8[a:b] if w8 else counts8, w8, flagged[a:b], a)
             ranges = _split(n, _threads(n), 128)
             found = _parallel(part, ranges)
             nf = found[0] if found else 0
@@ -243,8 +247,10 @@ def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32, arena: "_Ar
 
         def refine(a, b):
             return kernels.if_sync_refine(cur[a:b], flagged[a:b], b - a, fl.bias, fl.has_bias, fl.O, S, v0, hi_,
-                                          theta, D, half_even, NEAR_TIE_TOL, counts, counts64)
+                                          theta, D, half_even, NEAR_TIE_TOL, counts, counts8 if w8 else counts64)
         near = sum(_parallel(refine, _split(nf, _threads(nf * 64))))
+    if w8:
+        small[name] = counts8
     c = torch.from_numpy(counts.reshape(shape))
     return c, (c if counts64 is counts else counts64.reshape(shape)), int(near)
 
@@ -341,6 +347,7 @@ class _Approx:
     x: torch.Tensor
     name: str
     node: ir.Node
+    x8: np.ndarray | None = None  # the input as uint8 (flat, same layout), when the layer before wrote it
 
 
 def _fp32_is_ieee() -> bool:
@@ -363,7 +370,7 @@ def _fp32_is_ieee() -> bool:
 def _exact_at(ap: _Approx, fl: _FastLayer, idx: np.ndarray, nidx: int, arena: "_Arena") -> np.ndarray:
     """Exact integer sums (no bias) of a fast layer at flat output indices ``idx[:nidx]``."""
     node, w64, out = ap.node, fl.w64, np.empty(nidx)
-    x = ap.x.numpy()
+    x = ap.x.numpy() if ap.x8 is None else ap.x8.reshape(tuple(ap.x.shape))
     if isinstance(node, ir.Linear):
         K = x.shape[-1]
         x2 = np.ascontiguousarray(x.reshape(-1, K))
@@ -682,6 +689,7 @@ def _sync(graph: ir.Graph, x: torch.Tensor, quantized: bool, record: bool, ex: _
     ready: dict[str, int] = {}
     start: dict[str, int] = {}
     counts, trains, near = {}, {}, {}
+    small: dict[str, np.ndarray] = {}  # uint8 copies of counts read by fast layers' exact gathers
     order = graph.topo_order()
     for name in order:
         node = graph.nodes[name]
@@ -708,7 +716,7 @@ def _sync(graph: ir.Graph, x: torch.Tensor, quantized: bool, record: bool, ex: _
             start[name] = t0
             if isinstance(ins[0], _Approx):
                 c, c64, nt = _if_sync_fast(node, ins[0], ex.fast[ins[0].name], ex.count_dtype, arena,
-                                           name if name in ex.internal else None)
+                                           name if name in ex.internal else None, small)
                 values[name], counts[name], near[name] = c, c64, nt
             else:
                 c, tr, nt = _if_sync(node, ins[0], quantized, record, ex.count_dtype)
@@ -718,6 +726,7 @@ def _sync(graph: ir.Graph, x: torch.Tensor, quantized: bool, record: bool, ex: _
             ready[name] = t0 + node.max_spikes
         elif name in ex.fast and not record:
             values[name] = ex.lin_fast(name, node, ins[0])
+            values[name].x8 = small.get(in_names[0])
             ready[name] = t0
         else:
             values[name] = ex.lin(name, node, ins)

@@ -388,11 +388,12 @@ def quantize_input_f32(x, scale, out):
 
 
 @njit(cache=CACHE, nogil=True)
-def if_sync_closed_form32_rows(y, C, S, inv, a, lo_hi, D, m, counts, flagged, base):
+def if_sync_closed_form32_rows(y, C, S, inv, a, lo_hi, D, m, counts, counts8, w8, flagged, base):
     """:func:`if_sync_closed_form32` with one margin ``m[c]`` / saturation bound ``lo_hi[c]`` per
     output channel, writing float32 counts only (the int64 copy is made later, off the layer chain),
     for a part ``y`` (and ``counts``: the same part) of a layer's flat result that starts at flat
-    index ``base``; the layer is viewed as ``[B·C, S]`` (row r is
+    index ``base``; with ``w8`` also a uint8 copy ``counts8`` (D <= 255: the next layer's exact
+    gathers read 4x less memory). The layer is viewed as ``[B·C, S]`` (row r is
     channel r % C). A block that spans rows of several channels uses the largest margin and the
     lowest bound among them (a wider test: never a wrong decision). The flagged neurons' layer-wide
     flat indices are written to ``flagged`` (a caller splitting a layer across threads gives each
@@ -415,13 +416,24 @@ def if_sync_closed_form32_rows(y, C, S, inv, a, lo_hi, D, m, counts, flagged, ba
             mc = max(mc, m[r % C])
             lc = min(lc, lo_hi[r % C])
         anyf = 0
-        for j in range(L):  # branch-free, vectorisable
-            u = y[s0 + j] * inv + a
-            counts[s0 + j] = min(max(np.floor(u), zero), Df)
-            k = min(max(np.floor(u + half), one), Df)
-            f = (np.abs(u - k) <= mc) | (u >= lc)
-            fb[j] = f
-            anyf += f
+        if w8:
+            for j in range(L):  # branch-free, vectorisable
+                u = y[s0 + j] * inv + a
+                c = min(max(np.floor(u), zero), Df)
+                counts[s0 + j] = c
+                counts8[s0 + j] = np.uint8(c)
+                k = min(max(np.floor(u + half), one), Df)
+                f = (np.abs(u - k) <= mc) | (u >= lc)
+                fb[j] = f
+                anyf += f
+        else:
+            for j in range(L):
+                u = y[s0 + j] * inv + a
+                counts[s0 + j] = min(max(np.floor(u), zero), Df)
+                k = min(max(np.floor(u + half), one), Df)
+                f = (np.abs(u - k) <= mc) | (u >= lc)
+                fb[j] = f
+                anyf += f
         if anyf:
             for j in range(L):
                 if fb[j]:
