@@ -19,7 +19,7 @@ import numpy as np
 from ... import ir, ops
 from ...calibration import dyadic_bits, input_peak, is_signed
 from ...calibration.layerwise import Rules, calibrate_graph, significant_gain, weight_neuron_pairs
-from .quantize import STATE_LIMIT, THETA_MAX, VTH_MAX, describe_groups, netx_dense_weights
+from .quantize import STATE_LIMIT, THETA_MAX, VTH_MAX, describe_groups, fan_bound, netx_dense_weights
 
 
 def _mantissa_max(g: ir.Graph, wname: str) -> int:
@@ -53,10 +53,11 @@ def state_violation(g: ir.Graph, wname: str, nname: str) -> str | None:
     """The loihi quantiser's state bound for one calibrated layer (None when it holds)."""
     node, nrn = g.nodes[wname], g.nodes[nname]
     wq = np.asarray(node.weight_q)
-    fan = float(np.abs(wq).reshape(wq.shape[0], -1).sum(axis=1).max())
     D, pool = _feed(g, wname)
+    inp = (g.metadata.get("quantization") or {}).get("input") or {}
+    fan = fan_bound(wq, nonnegative_input=D is not None or not inp.get("signed", False))
     if D is None:
-        max_in = ((g.metadata.get("quantization") or {}).get("input") or {}).get("max_int", 1)
+        max_in = inp.get("max_int", 1)
         per_step = total = fan * max_in
     else:
         per_step, total = fan * pool, fan * D * pool

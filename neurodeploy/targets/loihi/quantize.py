@@ -17,7 +17,9 @@ scale ``S``; the first layer's input is the graded integer ``x_int = round(x · 
 * ``vThMant`` is 17-bit: if ``θ_q − 1 > 131071`` the layer scale is lowered until it fits (the
   weights lose precision; reported as ``threshold_at_limit``).
 * state: ``v`` saturates at ±(2^23 − 1) = 64·131071.98 and ``u = a_in << 6`` wraps at 2^23. The
-  worst-case membrane (Σ|w_q|·max input + |b_q| + |v_init_q|) and per-timestep input must
+  worst-case membrane (``fan_bound``·max input + |b_q| + |v_init_q|; ``fan_bound`` is the larger of
+  a neuron's positive and negative weight sums for non-negative input, Σ|w_q| for signed input)
+  and per-timestep input must
   stay below 2^17; with ``guard_state=True`` (default) the layer's weight scale is lowered until
   they do (reported as ``state_guard_scale``; typically only the first layer, whose 8-bit graded
   input arrives in one timestep), so the chip's counts equal the integer model exactly. With
@@ -213,6 +215,17 @@ def describe_groups(wq: np.ndarray, k: int) -> list[dict]:
     return groups
 
 
+def fan_bound(wq: np.ndarray, nonnegative_input: bool) -> float:
+    """Largest |partial sum| per unit of input over the layer's neurons. With non-negative inputs
+    (spike counts, unsigned graded input) a neuron's sum lies in [−Σw⁻·x, Σw⁺·x]: the bound is the
+    larger of its positive and negative weight sums, not Σ|w| (it integrates before its firing
+    window, so no reset lowers it in between). Signed input: Σ|w|."""
+    w = np.asarray(wq, dtype=np.int64).reshape(len(wq), -1)
+    if not nonnegative_input:
+        return float(np.abs(w).sum(axis=1).max(initial=0))
+    return float(np.maximum(np.clip(w, 0, None).sum(axis=1), np.clip(-w, 0, None).sum(axis=1)).max(initial=0))
+
+
 def quantize(graph: ir.Graph, calibration=None, *, input_bits: int = 8,
              input_range: float | None = None, guard_state: bool = True,
              input_scale: float | None = None, synapse_groups: int = 1) -> ir.Graph:
@@ -232,6 +245,7 @@ def quantize(graph: ir.Graph, calibration=None, *, input_bits: int = 8,
     inp: ir.Input = g.nodes[order[0]]
     report: dict = {"target": "loihi", "input_message_bits": input_bits, "layers": {},
                     "warnings": [], "synapse_groups": synapse_groups}
+    signed = False
     if inp.is_spikes:
         s_in, max_in = 1.0, None
         inp.scale_q = 1
@@ -287,7 +301,7 @@ def quantize(graph: ir.Graph, calibration=None, *, input_bits: int = 8,
             th = min(max(1, int(round(neuron.threshold * S))), THETA_MAX)
             v0 = int(round(neuron.v_init * S))
             # bounds: worst-case membrane and per-timestep synaptic input (current units)
-            fan = float(np.abs(wq).reshape(wq.shape[0], -1).sum(axis=1).max())
+            fan = fan_bound(wq, nonnegative_input=bool(prev_D) or inp.is_spikes or not signed)
             if max_in is not None and prev_D is None:         # graded real input, one step
                 per_step = fan * max_in
                 total = per_step
