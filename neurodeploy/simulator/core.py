@@ -217,7 +217,7 @@ def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32, arena: "_Ar
     n = y.size
     counts = arena.get(("counts", name), n, count_dtype) if name is not None else np.empty(n, dtype=count_dtype)
     flagged = arena.get("flagged", n, np.int64)  # only its first few entries are ever written
-    fast_rows = bool(_CLOSED_FORM_F32 and count_dtype == np.float32 and S >= 64)
+    fast_rows = bool(_CLOSED_FORM_F32 and count_dtype == np.float32 and S >= _ROWS_MIN)
     if fast_rows:
         counts64 = counts  # (the result: converted by the caller)
     else:
@@ -228,7 +228,7 @@ def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32, arena: "_Ar
         if key not in fl.tests:
             fl.tests[key] = _float32_test_params(theta, v0, hi, D, margin)
         inv32, a32, m32, lo32 = fl.tests[key]
-        if S >= 64:  # long rows of one channel each: that channel's margin
+        if fast_rows:  # rows of one channel each: per-channel margins
             def part(a, b):
                 return kernels.if_sync_closed_form32_rows(y[a:b], fl.O, S, inv32, a32, lo32, D, m32, counts[a:b],
                                                           counts8[a:b] if w8 else counts8, w8, flagged[a:b], a)
@@ -262,6 +262,7 @@ def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32, arena: "_Ar
 
 _POOL: list = []  # [ThreadPoolExecutor] once needed
 _PARALLEL_MIN = 1 << 18  # elements (or products) below which one thread is faster than dispatching
+_ROWS_MIN = 16  # per-channel rows kernel from this row length (shorter: one margin for the layer)
 
 
 def _split(n: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
@@ -418,6 +419,7 @@ class _Exec:
     def __init__(self, graph: ir.Graph, quantized: bool, fast: bool = False):
         q = graph.metadata.get("quantization") or {}
         self.quantized = quantized
+        self.order = graph.topo_order()  # (a cached _Exec is reused only for the same nodes and edges)
         self.dtype = (torch.float32 if quantized and int(q.get("accumulation_limit", 2 ** 52)) <= 2 ** 24
                       else torch.float64)
         self.limbs: dict[str, tuple] = {}
@@ -634,9 +636,9 @@ def _exec_signature(graph: ir.Graph, quantized: bool, fast: bool):
 
 def _exec_arrays(graph: ir.Graph) -> list:
     out = []
-    for n in graph.of_type(*ir.WEIGHT_NODES):
-        node = graph.nodes[n]
-        out += [node.weight_q, node.bias_q]
+    for node in graph.nodes.values():  # (insertion order: part of the signature; no sort needed)
+        if isinstance(node, ir.WEIGHT_NODES):
+            out += [node.weight_q, node.bias_q]
     return out
 
 
@@ -696,7 +698,7 @@ def _sync(graph: ir.Graph, x: torch.Tensor, quantized: bool, record: bool, ex: _
     start: dict[str, int] = {}
     counts, trains, near = {}, {}, {}
     small: dict[str, np.ndarray] = {}  # uint8 copies of counts read by fast layers' exact gathers
-    order = graph.topo_order()
+    order = ex.order
     for name in order:
         node = graph.nodes[name]
         in_names = graph.inputs_of(name)
@@ -930,7 +932,7 @@ def simulate(graph: ir.Graph, x, *, schedule: str = "sync", record_trains: bool 
     finally:
         if own_arena:
             ex.arena.lock.release()
-    neurons = graph.neurons()
+    neurons = [n for n in ex.order if isinstance(graph.nodes[n], ir.IFNeuron)]
     def _np(a):
         return a.numpy() if isinstance(a, torch.Tensor) else a
 
