@@ -334,10 +334,13 @@ def _calibration_stage(target: str, canonical, quantized, calibration, calib, re
 
 
 def calibrate(model: str | Path, *, target: str, calibration: str | Path, out: str | Path,
-              target_options: dict | None = None, max_samples: int | None = None, **load_options) -> dict:
+              target_options: dict | None = None, max_samples: int | None = None, runner=None,
+              **load_options) -> dict:
     """Search the target's calibration on ``calibration`` (an ``.npz`` with ``x``, or any source
     :mod:`neurodeploy.datasets` reads: a deterministic subsample of at most ``max_samples``, see
-    :mod:`neurodeploy.calibration_sample`) and write the record to ``out`` (atomically); returns it."""
+    :mod:`neurodeploy.calibration_sample`) and write the record to ``out`` (atomically); returns it.
+    ``runner`` (a ``distributed.Runner``): the pass that reads the source (statistics and subsample)
+    runs batch by batch on Ray workers; the record is the same."""
     from .targets import calibrate as stage
     from .targets import get_target
 
@@ -350,7 +353,7 @@ def calibrate(model: str | Path, *, target: str, calibration: str | Path, out: s
     from .calibration_sample import sample_calibration
 
     prepared = prepare(model, **load_options)
-    sample = sample_calibration(calibration, prepared.options["input_shape"], max_samples=max_samples)
+    sample = sample_calibration(calibration, prepared.options["input_shape"], max_samples=max_samples, runner=runner)
     _check(get_target(target), prepared.canonical, sample.x)
     _, record = stage.run(target, prepared.canonical, sample.x, target_options=target_options, sample=sample)
     write_json(out, record)

@@ -12,6 +12,11 @@ What the quantisers read of the inputs' values (peak, sign, dyadic bits: :class:
 calibration.InputStatistics`) comes from every sample, not the subsample: the same pass that picks
 the samples computes the statistics of each batch and merges them (exactly: max / min / or of the
 sign / max of the dyadic bits), and the subsample carries them to the quantisers.
+
+That pass is one task per batch (:func:`~neurodeploy.distributed.run_shards`): in this process, or
+with a ``Runner`` (``calibrate --workers N`` / ``--ray-address``) on Ray workers, each reading and
+decoding its own batch and returning its statistics and picked rows; they fold in batch order, so
+the subsample, its digest and the statistics, hence the record, are the same either way.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 
 from . import datasets
 from .calibration import InputStatistics, with_statistics
+from .distributed import Runner, run_shards
 
 
 @dataclass
@@ -68,9 +74,12 @@ def inputs_digest(x: np.ndarray, total: int) -> str:
 
 
 def sample_calibration(data, input_shape=None, *, max_samples: int | None = None,
-                       max_values: int = datasets.CALIBRATION_VALUES, statistics: bool = True) -> CalibrationSample:
+                       max_values: int = datasets.CALIBRATION_VALUES, statistics: bool = True,
+                       runner: Runner | None = None) -> CalibrationSample:
     """The calibration subsample of ``data`` (a path, folder or glob: see the module docstring), with
-    the input statistics of all of it (``statistics=False``: only the subsample is read, for its digest)."""
+    the input statistics of all of it (``statistics=False``: only the subsample is read, for its digest).
+    ``runner`` (:class:`~neurodeploy.distributed.Runner`): the pass over the batches runs on Ray
+    workers; the result is the same."""
     image_size = int(input_shape[-1]) if input_shape and len(input_shape) == 3 else 224
     source = datasets.open_source(data, image_size=image_size)
     total = source.n_samples
@@ -78,7 +87,7 @@ def sample_calibration(data, input_shape=None, *, max_samples: int | None = None
     k = sample_size(total, per_sample, max_values, max_samples)
     picks = sample_indices(total, k) if k < total else None
     if statistics or picks is None:
-        x, stats = _stream(source, input_shape, picks, per_sample)
+        x, stats = _stream(source, input_shape, picks, per_sample, runner)
     else:
         specs = source.shards(1)
         x, stats = np.concatenate([specs[int(i)].read(input_shape).x for i in picks]), None
@@ -87,18 +96,31 @@ def sample_calibration(data, input_shape=None, *, max_samples: int | None = None
     return CalibrationSample(x, total, inputs_digest(x, total), stats)
 
 
-def _stream(source: datasets.DataSource, input_shape, picks: np.ndarray | None, per_sample: int):
+def _stream(source: datasets.DataSource, input_shape, picks: np.ndarray | None, per_sample: int,
+            runner: Runner | None = None):
     """(the picked samples, or all when ``picks`` is None; the statistics of every sample) in one
-    pass over the source's batches."""
+    pass over the source's batches: one task per batch, in this process or on Ray workers, folded in
+    batch order, so the samples, their digest and the (exactly merged) statistics do not depend on it."""
     batch = max(1, min(datasets.DEFAULT_BATCH * 16, STREAM_VALUES // max(per_sample, 1)))
-    parts, stats = [], None
-    for offset, ds in source.batches(batch, None, input_shape):
-        part = InputStatistics.of(ds.x)
-        stats = part if stats is None else stats.merge(part)
-        if picks is None:
-            parts.append(ds.x)
-        else:
-            local = picks[(picks >= offset) & (picks < offset + len(ds.x))] - offset
-            if local.size:
-                parts.append(ds.x[local])
+    parts, stats = run_shards(_batch_task, (input_shape, picks), source.shards(batch), _fold_batch, runner=runner)
     return np.concatenate(parts), stats
+
+
+def _batch_task(program, shard: datasets.ShardSpec):
+    """One batch read (an image batch is decoded here, on the worker): its statistics and its picked rows."""
+    input_shape, picks = program
+    x = shard.read(input_shape).x
+    if picks is None:
+        return InputStatistics.of(x), x
+    local = picks[(picks >= shard.offset) & (picks < shard.offset + len(x))] - shard.offset
+    return InputStatistics.of(x), x[local]
+
+
+def _fold_batch(acc, result, _shard):
+    stats, rows = result
+    if acc is None:
+        return [rows], stats
+    parts, merged = acc
+    if len(rows):
+        parts.append(rows)
+    return parts, merged.merge(stats)

@@ -387,13 +387,25 @@ def compile_cmd(target, out_dir, force, data, calibration, calibration_record, v
               help="Search on at most N evenly spaced samples (sample i*total//N; default 4096).")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
               help="Calibration record (JSON) for 'compile --calibration-record'.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Read --calibration (decode, input statistics, subsample) one batch per task on a local Ray "
+              "runtime with N workers (extra: neurodeploy[ray]); the record is identical.")
+@click.option("--ray-address", help="Read --calibration on this Ray cluster (e.g. 127.0.0.1:6379 or auto); the "
+              "path must be visible on every node.")
 @loihi_options
-def calibrate_cmd(target, calibration, max_samples, out, **kw):
-    """Search quantised parameters that keep MODEL's spike counts on --calibration; write a record."""
-    from . import api
+def calibrate_cmd(target, calibration, max_samples, out, workers, ray_address, **kw):
+    """Search quantised parameters that keep MODEL's spike counts on --calibration; write a record.
 
+    The pass over --calibration (every sample's input statistics, the evenly spaced subsample) runs
+    batch by batch, on Ray workers with --workers / --ray-address; the search runs on the subsample here."""
+    from . import api
+    from .distributed import Runner, import_ray
+
+    runner = Runner(workers=workers, address=ray_address, progress=True)
+    if runner.uses_ray:
+        import_ray()  # says which extra to install, before any work
     target_options = _loihi_options(target, kw)
-    rec = api.calibrate(kw.pop("model"), target=target, calibration=calibration, out=out,
+    rec = api.calibrate(kw.pop("model"), target=target, calibration=calibration, out=out, runner=runner,
                         max_samples=max_samples, target_options=target_options, **_load_options(kw))
     click.echo(f"calibration record for '{target}' written to {out} ({rec.get('data_sampling') or rec['data_samples']})")
     click.echo(f"  {'layer':<28} {'counts equal on calibration data: before -> after':>50}  choice")
