@@ -5,7 +5,11 @@ For the demo-sized net (1×8×8 digits, 3 SFA conv layers + SFA linear, D=4) and
 
 * the model's own PyTorch forward (float32, as users run it; float64 for reference),
 * the physical floor: a float32 forward of the *folded* network (conv/linear + clamp/round in
-  place, no BN, no autograd; :func:`folded_forward`) — goal: sync simulator <= 1.1× of it,
+  place, no BN, no autograd; :func:`folded_forward`) — goal: sync simulator <= 1.1× of it. Method:
+  the floor and the simulator alternate in this process, median of 15 runs each, both on the same
+  number of threads (``torch.set_num_threads``: PyTorch's convolutions and element-wise ops, and
+  the simulator's numba kernels, which split their work over that many threads), once with
+  PyTorch's default thread count and once with one thread,
 * the neurodeploy simulator on the quantised (integer) program, layer-synchronous schedule
   (goal: <= 2× the PyTorch float32 forward; default exact fast path — one float32 convolution per
   layer with an a-priori error bound, closed-form counts, exact refinement of the few undecided
@@ -22,12 +26,11 @@ Run: ``python benchmarks/bench_simulator.py`` (< 3 minutes on 2 cores). On a bus
 with ``OMP_WAIT_POLICY=PASSIVE``: by default PyTorch's OpenMP workers spin after every convolution
 and, with more runnable threads than cores, steal the core the simulator's numba steps need (seen:
 sync 754 ms vs 50 ms on the large net at load 13 on 2 cores; the floor itself 254 ms vs 43 ms).
-In a fresh process (as the CLI runs it) the simulator also takes ~1.6-2.7k minor page faults per
-call where the floor takes none: glibc returns the freed count/flag arrays to the OS and faults them
-in again on the next layer/call (``MALLOC_TRIM_THRESHOLD_=4000000000 MALLOC_MMAP_THRESHOLD_=1000000000``
-brings that to ~0-30 and the demo-sized sync run from 14.4 to 7.2 ms on one thread). In this
-benchmark, after its earlier large allocations have raised glibc's thresholds, it is ~1; the fault
-count is printed.
+Allocator: minor page faults cost ~4 µs per 4 KB here, and with glibc's defaults which side of the
+alternation pays them depends on the other's frees (seen: the floor 0 faults per call alone and
+5.4k when alternated with the simulator, which then looked faster than the floor). So the benchmark
+first makes glibc keep freed memory (:func:`keep_freed_memory`; ``--default-allocator`` skips it)
+and prints the faults per call of both sides (0 after warm-up with it).
 """
 
 from __future__ import annotations
@@ -61,9 +64,9 @@ def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:
     return min(ts)  # the machine is shared: the fastest run is the least disturbed one
 
 
-def timeit_paired(fa, fb, repeat: int = 5, warmup: int = 1) -> tuple[float, float]:
-    """Best-of-``repeat`` times of ``fa`` and ``fb`` measured alternately, so that the ratio of the
-    two is not skewed by load that comes and goes on a shared machine."""
+def timeit_paired(fa, fb, repeat: int = 5, warmup: int = 1, stat=min) -> tuple[float, float]:
+    """``stat`` (best, or median) of ``repeat`` times of ``fa`` and ``fb`` measured alternately, so
+    that the ratio of the two is not skewed by load that comes and goes on a shared machine."""
     for _ in range(warmup):
         fa()
         fb()
@@ -75,7 +78,24 @@ def timeit_paired(fa, fb, repeat: int = 5, warmup: int = 1) -> tuple[float, floa
         t = time.perf_counter()
         fb()
         tb.append(time.perf_counter() - t)
-    return min(ta), min(tb)
+    return stat(ta), stat(tb)
+
+
+def floor_ratios(floor_forward, sim, runs: int) -> list[tuple[int, float, float]]:
+    """(threads, floor time, sync time): medians of ``runs`` alternating runs of the folded-net
+    forward and the sync simulator, both on the same number of threads (``torch.set_num_threads``:
+    PyTorch's convolutions and element-wise ops use it, and so do the simulator's numba kernels),
+    with PyTorch's current thread count and with one thread (less exposed to a shared machine's
+    load)."""
+    threads = torch.get_num_threads()
+    out = []
+    for th in sorted({threads, 1}, reverse=True):
+        torch.set_num_threads(th)
+        try:
+            out.append((th, *timeit_paired(floor_forward, sim, runs, stat=statistics.median)))
+        finally:
+            torch.set_num_threads(threads)
+    return out
 
 
 # -- sinabs --------------------------------------------------------------------------------------
@@ -259,7 +279,9 @@ def bench(name: str, model: nn.Module, x: np.ndarray, D: int, repeat: int) -> di
         with torch.inference_mode():
             res["floor"] = {k: v.double().numpy() for k, v in floor_run(x32).items()}
 
-    t_floor, t_sync_f = timeit_paired(floor_forward, lambda: simulate(q, x), 2 * repeat)
+    floor_runs = max(15, 2 * repeat)
+    floors = floor_ratios(floor_forward, lambda: simulate(q, x), floor_runs)
+    t_floor, t_sync_f = floors[0][1:]
     faults_sync, faults_floor = page_faults(lambda: simulate(q, x)), page_faults(floor_forward)
     t_stepped = timeit(lambda: res.__setitem__("stepped", simulate(q, x, fast_sync=False)), max(1, repeat // 2))
     t_sync24 = timeit(lambda: res.__setitem__("sync24", simulate(q24, x)), repeat)
@@ -296,21 +318,44 @@ def bench(name: str, model: nn.Module, x: np.ndarray, D: int, repeat: int) -> di
     print(f"  sync simulator / PyTorch f32 forward = {goal:.2f}× (goal <= 2×: {'met' if goal <= 2 else 'NOT met'}); "
           f"/ f64 forward = {t_sync / t_f64:.2f}×")
     floor = t_sync_f / t_floor
-    print(f"  sync simulator / folded-net f32 forward (physical floor) = {floor:.2f}× "
-          f"(goal <= 1.1×: {'met' if floor <= 1.1 else 'NOT met'}); minor page faults per call: "
-          f"sync {faults_sync:.0f}, floor {faults_floor:.0f}")
+    for th, tf, ts in floors:
+        r = ts / tf
+        print(f"  sync simulator / folded-net f32 forward (physical floor), median of {floor_runs} alternating "
+              f"runs, {th} thread{'s' if th > 1 else ''} each: sync {ts * 1e3:.1f} ms / floor {tf * 1e3:.1f} ms "
+              f"= {r:.2f}× (goal <= 1.1×: {'met' if r <= 1.1 else 'NOT met'})")
+    print(f"  minor page faults per call: sync {faults_sync:.0f}, floor {faults_floor:.0f}")
     print(f"  (sync: float32 filter + exact refinement, default; time-stepped path (fast_sync=False) "
           f"/ f32 forward = {t_stepped / t_f32:.2f}×)")
     print(f"  24-bit accumulators (float32-exact, ~2^-20 precision) / f32 forward = {t_sync24 / t_f32:.2f}×")
-    return {"name": name, "t_f32": t_f32, "t_floor": t_floor, "t_sync_vs_floor": floor, "faults_sync": faults_sync, "t_sync24": t_sync24, "t_f64": t_f64, "t_sync": t_sync,
+    return {"name": name, "t_f32": t_f32, "t_floor": t_floor, "t_sync_vs_floor": floor,
+            "sync_vs_floor_by_threads": {th: ts / tf for th, tf, ts in floors},
+            "faults_sync": faults_sync, "t_sync24": t_sync24, "t_f64": t_f64, "t_sync": t_sync,
             "t_sync_stepped": t_stepped, "t_stream": t_stream,
             "t_sinabs": t_sinabs, "t_sinabs_barrier": t_sinabs_b}
 
 
+def keep_freed_memory() -> str:
+    """glibc only: serve allocations up to 32 MB (glibc's largest mmap threshold) from the heap and
+    never give freed heap memory back to the OS (``mallopt``: mmap threshold 32 MB, trim threshold
+    2 GB; as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``). Otherwise whichever side of an alternating comparison frees a large
+    block last decides which side pays ~4 µs minor page faults per 4 KB on its next run (seen: the
+    floor 0 faults per call alone, 5.4k when alternated with the simulator). Returns what was done."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(-3, 32 << 20) == 1 and libc.mallopt(-1, (1 << 31) - 1) == 1  # M_MMAP_/M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        ok = False
+    return ("glibc keeps freed memory (mallopt mmap threshold 32 MB, trim threshold 2 GB)"
+            if ok else "default allocator (no glibc mallopt)")
+
+
 def main() -> None:
     t = time.perf_counter()
+    allocator = "default allocator (--default-allocator)" if "--default-allocator" in sys.argv else keep_freed_memory()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; {allocator}")
     # warm up the numba kernels (compiled once, cached on disk)
     small = DigitsConvNet()
     xs = digits_like_input(4)
