@@ -120,13 +120,14 @@ def _data_shape(data, load_options: dict) -> tuple | None:
     return tuple(open_source(data).shards(1, 1)[0].read().x.shape[1:])
 
 
-def calibration_inputs(calibration, dataset: Dataset | None, input_shape=None) -> tuple[Any, str]:
+def calibration_inputs(calibration, dataset: Dataset | None, input_shape=None, runner=None) -> tuple[Any, str]:
     """The inputs quantisers choose scales from, and a note saying where they came from: the
-    ``--calibration`` file, else the ``--data`` inputs (they double as calibration), else none."""
+    ``--calibration`` file, else the ``--data`` inputs (they double as calibration), else none.
+    ``runner``: read the calibration source on Ray workers (as verify/profile read ``--data``)."""
     if calibration:
         from .calibration_sample import sample_calibration
 
-        sample = sample_calibration(calibration, input_shape)
+        sample = sample_calibration(calibration, input_shape, runner=runner)
         extra = "" if len(sample.x) == sample.total else \
             f" ({sample.describe()}; input range and sign from all {sample.total})"
         return sample.x, f"calibration file {Path(calibration).name}{extra}"
@@ -547,7 +548,7 @@ def verify(model: str | Path, *, data: str | Path, target: str = "sim", limit: i
     shape = prepared.options["input_shape"]
     source = open_source(data, image_size=int(shape[-1]) if shape and len(shape) == 3 else 224)
     head, partial = calibration_head(source, shape, limit)
-    calib, calib_note = calibration_inputs(calibration, head, shape)
+    calib, calib_note = calibration_inputs(calibration, head, shape, runner)
     calib_note += "" if calibration else partial
     split = _host_rest_split(tgt, prepared.canonical, calib) if host_rest else None
     if split:
@@ -614,7 +615,7 @@ def profile(model: str | Path, *, data: str | Path, target: str = "sim", limit: 
     shape = prepared.options["input_shape"]
     source = open_source(data, image_size=int(shape[-1]) if shape and len(shape) == 3 else 224)
     head, _ = calibration_head(source, shape, limit)
-    calib, _ = calibration_inputs(calibration, head, shape)
+    calib, _ = calibration_inputs(calibration, head, shape, runner)
     tgt = get_target(target)
     quantized = tgt.quantize(prepared.canonical, calibration=calib)
     report = stream_profile(quantized, source, input_shape=shape, energy=energy, limit=limit,

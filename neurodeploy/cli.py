@@ -477,8 +477,9 @@ def study_cmd(bits, calibration, data, limit, as_json, **kw):
 @click.option("--runtime", type=click.Choice(["sim", "lava"]), default="sim", show_default=True,
               help="loihi: also run the .net file in Lava's fixed-point CPU model and compare.")
 @click.option("--limit", type=LIMIT, help="Use only the first N samples.")
-@click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
-              help=".npz with x: quantisation scales from these inputs (default: --data doubles as calibration); "
+@click.option("--calibration",
+              help=".npz with x (or shards / .npy / image folder: a deterministic subsample, statistics from all): "
+              "quantisation scales from these inputs (default: --data doubles as calibration); "
               "loihi/speck also run the calibration search and report counts before/after it on --data.")
 @click.option("--calibration-plot", type=click.Path(dir_okay=False),
               help="With a calibration search: write a PNG of per-layer count differences before/after it.")
@@ -545,8 +546,9 @@ def verify_cmd(data, target, schedules, runtime, limit, calibration, as_json, ca
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG of per-layer SynOps and energy.")
 @click.option("--e-mac", default=4.6, **ENERGY, help="Energy per MAC (pJ, finite >= 0).")
 @click.option("--e-ac", default=0.9, **ENERGY, help="Energy per synaptic AC (pJ, finite >= 0).")
-@click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
-              help=".npz with x: quantisation scales from these inputs (default: from --data), as compile.")
+@click.option("--calibration",
+              help=".npz with x (or shards / .npy / image folder, as compile): quantisation scales from these "
+              "inputs (default: from --data).")
 @dataset_options
 def profile_cmd(data, target, limit, fmt, plot, e_mac, e_ac, calibration, **kw):
     """Per-layer neurons, synapses, SynOps, MACs, firing rates and energy."""

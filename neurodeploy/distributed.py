@@ -122,12 +122,17 @@ def _ray_results(task, program, shards, todo, runner: Runner):
 
 def _pickle_arch_files_by_value(ray) -> None:
     """A model class from an ``--arch file.py`` lives in a module workers cannot import by name:
-    ship its code with the program instead."""
+    ship its code with the program instead; likewise the modules it imported from its own folder
+    (e.g. ``digits_chain.py`` importing ``digits_sfa``), which the loader put on the driver's path only."""
     import sys
 
-    for name, module in list(sys.modules.items()):
-        if name.startswith("_neurodeploy_arch_") and module is not None:
-            ray.cloudpickle.register_pickle_by_value(module)
+    arch = {name: m for name, m in list(sys.modules.items()) if name.startswith("_neurodeploy_arch_") and m is not None}
+    folders = {Path(m.__file__).resolve().parent for m in arch.values() if getattr(m, "__file__", None)}
+    siblings = {name: m for name, m in list(sys.modules.items())
+                if m is not None and getattr(m, "__file__", None) and name not in arch and "." not in name
+                and Path(m.__file__).resolve().parent in folders}
+    for module in [*arch.values(), *siblings.values()]:
+        ray.cloudpickle.register_pickle_by_value(module)
 
 
 _PROGRAMS: dict = {}

@@ -109,3 +109,16 @@ def test_workers_without_ray_exit_2_naming_the_extra(shards, tmp_path, monkeypat
                                     "-o", str(out), "--workers", "2"])
     assert res.exit_code == 2 and "neurodeploy[ray]" in res.output and "Traceback" not in res.output
     assert not out.exists()
+
+
+def test_verify_on_workers_ships_the_arch_files_sibling_module(shards, tmp_path, ray_runtime):
+    """digits_chain.py imports its sibling digits_sfa.py, which only the driver can import by name:
+    the workers get both by value, and verify --calibration on Ray reports exactly what one process does."""
+    root, _ = shards
+    args = ["verify", *MODEL, "--target", "loihi", "--data", str(EX / "digits_test.npz"), "--limit", "24",
+            "--calibration", str(root), "--json"]
+    single = CliRunner().invoke(main, args)
+    assert single.exit_code == 0, single.output
+    on_ray = CliRunner().invoke(main, [*args, "--workers", "2"])
+    assert on_ray.exit_code == 0, on_ray.output
+    assert json.loads(on_ray.output) == json.loads(single.output)
