@@ -739,9 +739,15 @@ def _sync(graph: ir.Graph, x: torch.Tensor, quantized: bool, record: bool, ex: _
         else:
             values[name] = ex.lin(name, node, ins)
             ready[name] = t0
-    for n, c in counts.items():  # float32 counts of the fast path: int64, on PyTorch's threads
-        if isinstance(c, torch.Tensor) and c.dtype == torch.float32:
-            counts[n] = c.to(torch.int64).numpy()
+    for n, c in counts.items():  # float32 counts of the fast path: int64, after the last layer
+        if isinstance(c, torch.Tensor) and c.dtype == torch.float32 and HAVE_NUMBA:
+            flat, out = c.contiguous().numpy().reshape(-1), np.empty(tuple(c.shape), dtype=np.int64)
+            o = out.reshape(-1)
+
+            def part(a, b, flat=flat, o=o):
+                kernels.counts_to_int64(flat[a:b], o[a:b])
+            _parallel(part, _split(flat.size, _threads(flat.size)))
+            counts[n] = out
     T = max([ready[n] for n in order] + [0])
     outs = {o: values[o] for o in graph.output_names()}
     if record:  # place each layer's D steps at its start step

@@ -464,3 +464,11 @@ def max_abs(x):
         if not v <= m:  # also NaN
             m = v if v == v else np.inf
     return m
+
+
+@njit(cache=CACHE, nogil=True)
+def counts_to_int64(c, out):
+    """int64 copy of float32 spike counts (integers below 2**31; via int32: ~1.3x faster than a
+    direct float -> int64 conversion without AVX-512)."""
+    for i in range(c.shape[0]):
+        out[i] = np.int32(c[i])
