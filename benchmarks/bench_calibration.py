@@ -2,8 +2,8 @@
 the calibration never saw.
 
 * digits_chain on loihi and speck (layer barrier): calibrated on examples/digits_calib.npz (64
-  images), measured on examples/digits_test.npz (360 images) (the end task, the linear probe on
-  the features, is in ``neurodeploy verify --calibration``'s output);
+  training images) and on examples/digits_train.npz (all 1,437 training images), measured on
+  examples/digits_test.npz (360 images), with the end task of the checkpoint's linear probe;
 * the 3x64x64 benchmark net (benchmarks/nets.py LargeConvNet, random weights) on loihi: calibrated
   on 64 random 8-bit images, measured on 64 others, with the class agreement of its 10 outputs;
 * digits_chain on loihi with ``--synapse-groups 2`` (conv weights as two 8-bit synapse groups);
@@ -52,7 +52,20 @@ def end_task(before, after, x) -> tuple[float, float]:
     return agree(b), agree(a)
 
 
-def run(name, mod, canonical, xc, xt, data_name, classifier: bool = False, **options):
+def probe_end_task(before, after, x, probe) -> tuple[float, float]:
+    """The checkpoint's linear probe on the final layer's features (verify's end task): argmax of the
+    program's features vs the model's, before and after calibration."""
+    from neurodeploy.verify import end_task_agreement
+
+    last = weight_neuron_pairs(before)[-1][1]
+    norm = float((before.metadata.get("neuron_norms") or {}).get(last, before.nodes[last].norm) or 1.0)
+    with torch.inference_mode():  # features as the model outputs them: counts / norm (as verify does)
+        ref = ops.evaluate(before, x, quantized=False)[last] / norm
+        b, a = (ops.evaluate(q, x, quantized=True)[last] / norm for q in (before, after))
+    return tuple(end_task_agreement(ref.numpy(), q.numpy(), probe)["agreement"] for q in (b, a))
+
+
+def run(name, mod, canonical, xc, xt, data_name, classifier: bool = False, probe=None, **options):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         before = mod.quantize_base(canonical, xc, **options)
@@ -62,6 +75,9 @@ def run(name, mod, canonical, xc, xt, data_name, classifier: bool = False, **opt
     eff = measure(before, after, xt, data_name)
     print(f"\n== {name}: calibration {dt:.1f} s on {len(xc)} samples" + (f", input choice {choice}" if choice else ""))
     print(eff.table())
+    if probe is not None:
+        tb, ta = probe_end_task(before, after, xt, probe)
+        print(f"  end task (the checkpoint's probe, argmax = model's): {100 * tb:.2f}% -> {100 * ta:.2f}%")
     if classifier:  # the digits encoder's features are SimCLR features: its end task is verify's probe
         tb, ta = end_task(before, after, xt)
         print(f"  end task (the model's class is among the program's top counts): {100 * tb:.2f}% -> {100 * ta:.2f}%")
@@ -78,10 +94,15 @@ def main() -> None:
     p = api.prepare(EX / "digits_chain.pt", arch=f"{EX / 'digits_chain.py'}:build_model")
     xc = np.load(EX / "digits_calib.npz")["x"]
     xt = np.load(EX / "digits_test.npz")["x"]
-    run("digits_chain, loihi", loihi_cal, p.canonical, xc, xt, "digits_test.npz (360)")
-    run("digits_chain, loihi --synapse-groups 2", loihi_cal, p.canonical, xc, xt, "digits_test.npz (360)",
-        synapse_groups=2)
-    run("digits_chain, speck (layer barrier)", speck_cal, p.canonical, xc, xt, "digits_test.npz (360)")
+    probe = torch.load(EX / "digits_chain.pt", weights_only=True)["probe"]
+    for calib in ("digits_calib.npz", "digits_train.npz"):  # 64 training images; all 1,437 of them
+        xk = np.load(EX / calib)["x"]
+        print(f"\n######## calibration data: {calib} ({len(xk)} training images, no labels)")
+        run("digits_chain, loihi", loihi_cal, p.canonical, xk, xt, "digits_test.npz (360)", probe=probe)
+        run("digits_chain, loihi --synapse-groups 2", loihi_cal, p.canonical, xk, xt, "digits_test.npz (360)",
+            probe=probe, synapse_groups=2)
+        run("digits_chain, speck (layer barrier)", speck_cal, p.canonical, xk, xt, "digits_test.npz (360)",
+            probe=probe)
     speck_state_headroom(p.canonical, xc)
     if args.bits:
         rows = study(p.canonical, xc, xt, args.bits, "digits_test.npz (360)")
