@@ -3,8 +3,8 @@ counts equal to the float (integer-activation) model on calibration data.
 
 For every weight layer followed by an IF neuron, in topological order, the layer sees the
 *quantised* previous layers' actual values (so it can compensate their errors) and the float
-model's pre-activation as the target. Steps (each kept only if the layer's count agreement on the
-calibration data does not get worse):
+model's pre-activation as the target. Steps (a candidate replaces the current choice only when its
+gain in counts equal to the model on the calibration data passes a sign test, :func:`significant_gain`):
 
 1. adaptive rounding of the weights (:mod:`.rounding`), each weight at floor or ceil of ``s·w``;
 2. bias / initial-value correction: a per-neuron integer offset that makes the boundary-weighted
@@ -91,11 +91,6 @@ def _to_rows(z: torch.Tensor) -> torch.Tensor:
     return z.flatten(2).transpose(1, 2).reshape(-1, z.shape[1]) if z.dim() > 2 else z
 
 
-def agreement(a, b) -> float:
-    a, b = np.asarray(a), np.asarray(b)
-    return float((a == b).mean()) if a.size else 1.0
-
-
 def weight_scale(node, quant_layer: dict | None) -> float:
     """s with weight_q ≈ s·weight: the quantiser's own value when it reports it, else least squares."""
     if quant_layer and quant_layer.get("weight_scale"):
@@ -136,13 +131,9 @@ class _Layer:
         nrn.threshold_q, nrn.v_init_q = theta_q, v0_q
         return ops.spike_count(nrn, self.current(wq, bq), quantized=True)
 
-    def agree(self, wq, bq, theta_q, v0_q) -> float:
-        return agreement(self.counts(wq, bq, theta_q, v0_q).numpy(), self.n_ref.numpy())
-
     def equal(self, wq, bq, theta_q, v0_q) -> torch.Tensor:
         """Per value: the count equals the float model's (bool, flattened)."""
         return (self.counts(wq, bq, theta_q, v0_q) == self.n_ref).flatten()
-
 
     def propose(self, theta_q: int, v0_q: int, lo, hi, adaptive: bool, per_neuron_bias: bool,
                 gain: float = 1.0):
@@ -173,6 +164,13 @@ def significant_gain(new: torch.Tensor, old: torch.Tensor) -> bool:
     g = int((new & ~old).sum())
     lost = int((old & ~new).sum())
     return g - lost > 0 and g - lost >= 2.0 * (g + lost) ** 0.5
+
+
+def final_layer_equal(q: ir.Graph, x) -> torch.Tensor:
+    """Per value of the last calibrated neuron layer: the quantised count equals the model's."""
+    ref, got = ops.evaluate(q, x, quantized=False), ops.evaluate(q, x, quantized=True)
+    last = weight_neuron_pairs(q)[-1][1]
+    return (got[last] == ref[last]).flatten()
 
 
 def _set(g, wname, nname, wq, bq, theta_q, v0_q):

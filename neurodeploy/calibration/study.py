@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import ir, ops
+from .. import ir
 from ..errors import NeurodeployError
 from . import dyadic_bits, input_peak
 from .effect import measure

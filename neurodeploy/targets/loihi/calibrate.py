@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import ir, ops
+from ... import ir
 from ...calibration import dyadic_bits, input_peak, is_signed
-from ...calibration.layerwise import Rules, calibrate_graph, significant_gain, weight_neuron_pairs
+from ...calibration.layerwise import (Rules, calibrate_graph, final_layer_equal, significant_gain,
+                                       weight_neuron_pairs)
 from .quantize import STATE_LIMIT, THETA_MAX, VTH_MAX, describe_groups, fan_bound, netx_dense_weights
 
 
@@ -94,13 +95,6 @@ def _input_scales(x, input_bits: int = 8) -> list[float | None]:
     return [None] + sorted({s for s in (step, top) if s > 0 and s * peak <= qmax})
 
 
-def final_equal(q: ir.Graph, x):
-    """Per value of the final neuron layer: the quantised count equals the model's (bool, flat)."""
-    ref, got = ops.evaluate(q, x, quantized=False), ops.evaluate(q, x, quantized=True)
-    last = weight_neuron_pairs(q)[-1][1]
-    return (got[last] == ref[last]).flatten()
-
-
 def calibrate(graph: ir.Graph, x, **options):
     """(calibrated graph, per-layer results, chosen input scale) for a canonical ``graph`` and
     calibration inputs ``x``; ``options`` are the loihi quantiser's."""
@@ -113,7 +107,7 @@ def calibrate(graph: ir.Graph, x, **options):
         scales = _input_scales(x, options.get("input_bits", 8))
     for s in scales:  # the first (the quantiser's own) unless another is significantly better
         q = quantize(graph, calibration=x, **options, **({} if s is None else {"input_scale": s}))
-        eq = final_equal(q, x)
+        eq = final_layer_equal(q, x)
         if best is None or significant_gain(eq, best[0]):
             best = (eq, q, s)
     _, q, s = best

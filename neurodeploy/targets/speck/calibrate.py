@@ -93,8 +93,7 @@ def quantize_base(graph: ir.Graph, x, **options) -> ir.Graph:
 def calibrate(graph: ir.Graph, x, **options):
     """(calibrated graph, per-layer results, input choice) for a canonical ``graph`` and inputs
     ``x``; the input choice (rate code) with the best final-layer agreement on ``x`` is kept."""
-    from ...calibration.layerwise import significant_gain
-    from ..loihi.calibrate import final_equal
+    from ...calibration.layerwise import final_layer_equal, significant_gain
 
     import warnings
 
@@ -103,7 +102,7 @@ def calibrate(graph: ir.Graph, x, **options):
         with warnings.catch_warnings(record=True) as caught:  # only the chosen quantisation's warnings
             warnings.simplefilter("always")
             q = quantize_base(graph, x, **options, **choice)
-        eq = final_equal(q, x)  # the configured code unless another is significantly better
+        eq = final_layer_equal(q, x)  # the configured code unless another is significantly better
         if best is None or significant_gain(eq, best[0]):
             best = (eq, q, choice, caught)
     _, q, choice, caught = best
