@@ -200,3 +200,53 @@ def test_input_range_check_one_pass():
     big[3, 1, 2, 3] = 1e6
     with pytest.raises(NeurodeployError, match="sample 3"):
         simulate(q, big)
+
+
+@pytest.mark.parametrize("w8", [True, False])
+def test_in_place_kernel_equals_the_rows_kernel(w8):
+    # counts written over the float32 result: same counts, uint8 copy and flagged indices as the
+    # rows kernel, whole and in two parts (layer-wide indices from `base`)
+    rng = np.random.default_rng(8)
+    C, S, B, D = 5, 100, 4, 4
+    n = B * C * S
+    y = (rng.random(n) * 6 - 1).astype(np.float32)
+    m = np.array([0.0, 0.01, 0.05, 0.002, 0.2], dtype=np.float32)
+    lo = np.array([np.inf, np.inf, 3.5, np.inf, np.inf], dtype=np.float32)
+    inv, a = np.float32(1.0), np.float32(0.25)
+    counts, f_ref, c8_ref = np.empty(n, np.float32), np.empty(n, np.int64), np.zeros(n, np.uint8)
+    k_ref = kernels.if_sync_closed_form32_rows(y, C, S, inv, a, lo, D, m, counts, c8_ref, True, f_ref, 0)
+    got, flagged, c8 = y.copy(), np.empty(n, np.int64), np.zeros(n if w8 else 1, np.uint8)
+    cut = 1280
+    k1 = kernels.if_sync_closed_form32_inplace(got[:cut], C, S, inv, a, lo, D, m, c8[:cut] if w8 else c8, w8,
+                                               flagged, 0)
+    k2 = kernels.if_sync_closed_form32_inplace(got[cut:], C, S, inv, a, lo, D, m, c8[cut:] if w8 else c8, w8,
+                                               flagged[k1:], cut)
+    np.testing.assert_array_equal(got, counts)
+    np.testing.assert_array_equal(flagged[:k1 + k2], f_ref[:k_ref])
+    if w8:
+        np.testing.assert_array_equal(c8, c8_ref)
+
+
+def test_a_conv_read_by_two_neuron_layers_is_not_overwritten():
+    # the counts of the first IF layer must not replace the convolution result the second reads
+    rng = np.random.default_rng(9)
+    g = ir.Graph()
+    g.add("x", ir.Input(input_shape=(2, 8, 8)))
+    g.add("c", ir.Conv2d(weight=rng.normal(size=(4, 2, 3, 3)), bias=rng.normal(size=4) * 0.3, padding=1), "x")
+    g.add("n1", ir.IFNeuron(threshold=1.0, v_init=0.5, max_spikes=4, rounding="half_even"), "c")
+    g.add("n2", ir.IFNeuron(threshold=0.5, v_init=0.25, max_spikes=3), "c")
+    g.add("o1", ir.Output(), "n1")
+    g.add("o2", ir.Output(), "n2")
+    g = ir.infer_shapes(g)
+    x = np.round(rng.normal(size=(6, 2, 8, 8)) * 48) / 16
+    q = quantize_fixed_point(canonicalize(g), calibration=x)
+    ex = core._get_exec(q, True, True)
+    assert "c" in ex.fast and not ex.fast["c"].sole_reader
+    _assert_exact(simulate(q, x), q, x)
+
+
+def test_the_sole_reader_gets_the_result_in_place():
+    q, x = _program(10)
+    ex = core._get_exec(q, True, True)
+    assert all(fl.sole_reader for fl in ex.fast.values())
+    _assert_exact(simulate(q, x), q, x)

@@ -215,9 +215,13 @@ def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32, arena: "_Ar
     margin = np.full(fl.O, np.inf) if _REFINE_ALL else fl.err_c + (2.0 * NEAR_TIE_TOL * theta + 16.0)
     key = (theta, v0, hi, D, _REFINE_ALL)
     n = y.size
-    counts = arena.get(("counts", name), n, count_dtype) if name is not None else np.empty(n, dtype=count_dtype)
-    flagged = arena.get("flagged", n, np.int64)  # only its first few entries are ever written
     fast_rows = bool(_CLOSED_FORM_F32 and count_dtype == np.float32 and S >= _ROWS_MIN)
+    in_place = fast_rows and fl.sole_reader and y.dtype == np.float32 and y.flags.writeable  # over the result
+    if in_place:
+        counts = y
+    else:
+        counts = arena.get(("counts", name), n, count_dtype) if name is not None else np.empty(n, dtype=count_dtype)
+    flagged = arena.get("flagged", n, np.int64)  # only its first few entries are ever written
     if fast_rows:
         counts64 = counts  # (the result: converted by the caller)
     else:
@@ -230,8 +234,12 @@ def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32, arena: "_Ar
         inv32, a32, m32, lo32 = fl.tests[key]
         if fast_rows:  # rows of one channel each: per-channel margins
             def part(a, b):
+                c8 = counts8[a:b] if w8 else counts8
+                if in_place:
+                    return kernels.if_sync_closed_form32_inplace(y[a:b], fl.O, S, inv32, a32, lo32, D, m32, c8, w8,
+                                                                 flagged[a:b], a)
                 return kernels.if_sync_closed_form32_rows(y[a:b], fl.O, S, inv32, a32, lo32, D, m32, counts[a:b],
-                                                          counts8[a:b] if w8 else counts8, w8, flagged[a:b], a)
+                                                          c8, w8, flagged[a:b], a)
             ranges = _split(n, _threads(n), 128)
             found = _parallel(part, ranges)
             nf = found[0] if found else 0
@@ -343,6 +351,7 @@ class _FastLayer:
     channels_last: bool = False  # convolve in channels-last memory format
     err_c: np.ndarray | None = None  # the bound per output channel (err = its maximum)
     tests: dict = field(default_factory=dict)  # the closed form's float32 test parameters, per neuron setting
+    sole_reader: bool = False  # one IF layer reads it: its counts may overwrite the float32 result
 
 
 @dataclass
@@ -509,7 +518,7 @@ class _Exec:
                 bias=(np.zeros(1) if bq is None else bq.astype(np.float64)),
                 has_bias=bq is not None, err=float(gamma * float(tot.max())), O=O,
                 channels_last=isinstance(node, ir.Conv2d) and _CHANNELS_LAST,
-                err_c=gamma * tot)
+                err_c=gamma * tot, sole_reader=len(cons) == 1)
 
     def lin_fast(self, name: str, node, x: torch.Tensor) -> "_Approx":
         """Float32 result of a fast layer, with its float32 input for the exact refinement."""

@@ -443,6 +443,59 @@ def if_sync_closed_form32_rows(y, C, S, inv, a, lo_hi, D, m, counts, counts8, w8
 
 
 @njit(cache=CACHE, nogil=True)
+def if_sync_closed_form32_inplace(y, C, S, inv, a, lo_hi, D, m, counts8, w8, flagged, base):
+    """:func:`if_sync_closed_form32_rows` writing the float32 counts over ``y`` itself (the layer's
+    convolution result, read by nothing else): the next convolution then reads the memory the last
+    one wrote, as a PyTorch forward that applies its activation in place does, and no separate
+    counts buffer is streamed through the caches. ~2x faster than the rows kernel: one pass per
+    128-block that ORs the flags into one boolean (vectorised) and keeps the block's membranes in a
+    small buffer, scanned again only in the (rare) blocks that have a flagged neuron. Same tests,
+    counts, uint8 copy and flagged indices as the rows kernel."""
+    n = y.shape[0]
+    Df = np.float32(D)
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    half = np.float32(0.5)
+    nf = 0
+    BS = 128
+    u_blk = np.empty(BS, dtype=np.float32)
+    for blk in range((n + BS - 1) // BS):  # indices provably >= 0 (else no vectorisation)
+        s0 = blk * BS
+        L = min(n - s0, BS)
+        r0 = (base + s0) // S
+        mc = m[r0 % C]
+        lc = lo_hi[r0 % C]
+        for r in range(r0 + 1, (base + s0 + L - 1) // S + 1):  # further rows in this block
+            mc = max(mc, m[r % C])
+            lc = min(lc, lo_hi[r % C])
+        anyf = False
+        if w8:
+            for j in range(L):  # branch-free, vectorisable
+                u = y[s0 + j] * inv + a
+                u_blk[j] = u
+                c = min(max(np.floor(u), zero), Df)
+                k = min(max(np.floor(u + half), one), Df)
+                anyf |= (np.abs(u - k) <= mc) | (u >= lc)
+                y[s0 + j] = c
+                counts8[s0 + j] = np.uint8(c)
+        else:
+            for j in range(L):
+                u = y[s0 + j] * inv + a
+                u_blk[j] = u
+                k = min(max(np.floor(u + half), one), Df)
+                anyf |= (np.abs(u - k) <= mc) | (u >= lc)
+                y[s0 + j] = min(max(np.floor(u), zero), Df)
+        if anyf:
+            for j in range(L):
+                u = u_blk[j]
+                k = min(max(np.floor(u + half), one), Df)
+                if (np.abs(u - k) <= mc) | (u >= lc):
+                    flagged[nf] = base + s0 + j
+                    nf += 1
+    return nf
+
+
+@njit(cache=CACHE, nogil=True)
 def quantize_input_f32_cl(x, C, S, scale, out):
     """:func:`quantize_input_f32` writing channels-last: ``x`` flat NCHW [B, C, S] (float64),
     ``out`` flat [B, S, C] float32."""
