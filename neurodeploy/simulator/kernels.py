@@ -522,6 +522,6 @@ def max_abs(x):
 @njit(cache=CACHE, nogil=True)
 def counts_to_int64(c, out):
     """int64 copy of float32 spike counts (integers below 2**31; via int32: ~1.3x faster than a
-    direct float -> int64 conversion without AVX-512)."""
+    direct float -> int64 conversion without AVX-512), or of their uint8 copy (~15 % faster)."""
     for i in range(c.shape[0]):
         out[i] = np.int32(c[i])
