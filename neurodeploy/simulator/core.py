@@ -198,8 +198,10 @@ def _if_sync_fast(node: ir.IFNeuron, ap, fl, count_dtype=np.float32, arena: "_Ar
                   name: str | None = None, small: dict | None = None):
     """Sync IF layer fed by a fast layer (filter and refine, exact): closed-form counts from the
     float32 currents, then the time-stepped kernel on the exact currents of the neurons that the
-    float32 error bound cannot decide. ``arena`` with ``name``: the float32 counts go to a reused
-    buffer (only for layers whose counts do not leave the simulation). Returns (counts, result,
+    float32 error bound cannot decide. The float32 counts overwrite the convolution result when this
+    is its only reader (``fl.sole_reader``: the next convolution reads the memory the last one
+    wrote); otherwise, with ``arena`` and ``name``, they go to a reused buffer (only for layers
+    whose counts do not leave the simulation). Returns (counts, result,
     near_ties): the result is int64, or the float32 counts themselves (the caller converts them
     after the last layer, as a PyTorch forward would: off the layer chain, so the int64 writes do
     not push the next convolution's input out of the caches). ``small``: a dict that receives the
