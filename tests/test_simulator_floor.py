@@ -250,3 +250,30 @@ def test_the_sole_reader_gets_the_result_in_place():
     ex = core._get_exec(q, True, True)
     assert all(fl.sole_reader for fl in ex.fast.values())
     _assert_exact(simulate(q, x), q, x)
+
+
+def test_max_abs_on_bit_patterns():
+    # integer max over the bit patterns without the sign: equal to max |x|; inf for any NaN
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=1001) * 10.0 ** rng.integers(-310, 300, 1001)  # with subnormals and zeros
+    x[::97] = 0.0
+    x[5] = -0.0
+    assert kernels.max_abs(x) == np.max(np.abs(x))
+    for special, want in ((-np.inf, np.inf), (np.nan, np.inf), (-np.nan, np.inf)):
+        y = x.copy()
+        y[500] = special
+        assert kernels.max_abs(y) == want
+    assert kernels.max_abs(np.array([-0.0])) == 0.0
+
+
+def test_int64_results_in_one_split_over_threads(monkeypatch):
+    # the int64 conversion of every layer in one hand-off: the k-th slice of each layer per thread
+    q, x = _program(12, n=64)
+    prev = torch.get_num_threads()
+    monkeypatch.setattr(core, "_PARALLEL_MIN", 256)
+    try:
+        torch.set_num_threads(2)
+        r = simulate(q, x)
+    finally:
+        torch.set_num_threads(prev)
+    _assert_exact(r, q, x)

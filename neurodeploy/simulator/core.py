@@ -752,17 +752,22 @@ def _sync(graph: ir.Graph, x: torch.Tensor, quantized: bool, record: bool, ex: _
         else:
             values[name] = ex.lin(name, node, ins)
             ready[name] = t0
-    for n, c in counts.items():  # float32 counts of the fast path: int64, after the last layer
+    jobs = []  # float32 counts of the fast path: int64, after the last layer
+    for n, c in counts.items():
         if isinstance(c, torch.Tensor) and c.dtype == torch.float32 and HAVE_NUMBA:
             # from the uint8 copy where there is one (the same counts, a quarter of the bytes to read)
             flat = small[n] if n in small else c.contiguous().numpy().reshape(-1)
-            out = np.empty(tuple(c.shape), dtype=np.int64)
-            o = out.reshape(-1)
+            counts[n] = np.empty(tuple(c.shape), dtype=np.int64)
+            jobs.append((flat, counts[n].reshape(-1)))
+    parts = _threads(sum(f.size for f, _ in jobs))
 
-            def part(a, b, flat=flat, o=o):
+    def convert(k, _):  # the k-th of `parts` slices of every layer: one thread hand-off in all
+        for flat, o in jobs:
+            ranges = _split(flat.size, parts)
+            if k < len(ranges):
+                a, b = ranges[k]
                 kernels.counts_to_int64(flat[a:b], o[a:b])
-            _parallel(part, _split(flat.size, _threads(flat.size)))
-            counts[n] = out
+    _parallel(convert, [(k, k + 1) for k in range(parts)])
     T = max([ready[n] for n in order] + [0])
     outs = {o: values[o] for o in graph.output_names()}
     if record:  # place each layer's D steps at its start step

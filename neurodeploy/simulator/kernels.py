@@ -510,13 +510,19 @@ def quantize_input_f32_cl(x, C, S, scale, out):
 
 @njit(cache=CACHE, nogil=True)
 def max_abs(x):
-    """max |x| of a flat float64 array in one pass (inf if any NaN; 0 if empty)."""
-    m = 0.0
-    for i in range(x.shape[0]):
-        v = abs(x[i])
-        if not v <= m:  # also NaN
-            m = v if v == v else np.inf
-    return m
+    """max |x| of a flat float64 array in one pass (inf if any NaN; 0 if empty). On the bit
+    patterns: without the sign bit, non-negative doubles order as integers, and every NaN lies
+    above inf; an integer max vectorises (a float max with NaN checks does not: ~5x slower)."""
+    bits = x.view(np.int64)
+    m = np.int64(0)
+    mask = np.int64(0x7FFFFFFFFFFFFFFF)
+    for i in range(bits.shape[0]):
+        m = max(m, bits[i] & mask)
+    if m > np.int64(0x7FF0000000000000):  # a NaN
+        return np.inf
+    out = np.empty(1, dtype=np.int64)
+    out[0] = m
+    return out.view(np.float64)[0]
 
 
 @njit(cache=CACHE, nogil=True)
