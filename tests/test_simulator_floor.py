@@ -96,16 +96,23 @@ def test_split_ranges():
     assert core._split(0, 2) == []
 
 
-def test_rows_kernel_per_channel_margins_and_parts():
-    # y viewed as [B*C, S] with S = 100: 128-blocks span rows of two channels and use the wider
-    # margin; a part starting at `base` gives the same counts and layer-wide flagged indices
-    rng = np.random.default_rng(3)
+def _rows_case(seed):
+    """A layer viewed as [B*C, S] = [20, 100] (128-blocks span rows of two channels) with per-channel
+    margins and one channel with a finite upper bound."""
+    rng = np.random.default_rng(seed)
     C, S, B, D = 5, 100, 4, 4
     n = B * C * S
     y = (rng.random(n) * 6 - 1).astype(np.float32)
     m = np.array([0.0, 0.01, 0.05, 0.002, 0.2], dtype=np.float32)
     lo = np.array([np.inf, np.inf, 3.5, np.inf, np.inf], dtype=np.float32)
     inv, a = np.float32(1.0), np.float32(0.25)
+    return C, S, B, D, n, y, m, lo, inv, a
+
+
+def test_rows_kernel_per_channel_margins_and_parts():
+    # y viewed as [B*C, S] with S = 100: 128-blocks span rows of two channels and use the wider
+    # margin; a part starting at `base` gives the same counts and layer-wide flagged indices
+    C, S, B, D, n, y, m, lo, inv, a = _rows_case(3)
     counts, flagged, c8 = np.empty(n, np.float32), np.empty(n, np.int64), np.empty(n, np.uint8)
     nf = kernels.if_sync_closed_form32_rows(y, C, S, inv, a, lo, D, m, counts, c8, True, flagged, 0)
     u = y * inv + a
@@ -206,13 +213,7 @@ def test_input_range_check_one_pass():
 def test_in_place_kernel_equals_the_rows_kernel(w8):
     # counts written over the float32 result: same counts, uint8 copy and flagged indices as the
     # rows kernel, whole and in two parts (layer-wide indices from `base`)
-    rng = np.random.default_rng(8)
-    C, S, B, D = 5, 100, 4, 4
-    n = B * C * S
-    y = (rng.random(n) * 6 - 1).astype(np.float32)
-    m = np.array([0.0, 0.01, 0.05, 0.002, 0.2], dtype=np.float32)
-    lo = np.array([np.inf, np.inf, 3.5, np.inf, np.inf], dtype=np.float32)
-    inv, a = np.float32(1.0), np.float32(0.25)
+    C, S, B, D, n, y, m, lo, inv, a = _rows_case(8)
     counts, f_ref, c8_ref = np.empty(n, np.float32), np.empty(n, np.int64), np.zeros(n, np.uint8)
     k_ref = kernels.if_sync_closed_form32_rows(y, C, S, inv, a, lo, D, m, counts, c8_ref, True, f_ref, 0)
     got, flagged, c8 = y.copy(), np.empty(n, np.int64), np.zeros(n if w8 else 1, np.uint8)

@@ -387,6 +387,20 @@ def quantize_input_f32(x, scale, out):
         out[i] = np.rint(x[i] * scale)
 
 
+@njit(cache=CACHE, nogil=True, inline="always")
+def _block_test(m, lo_hi, C, S, start, L):
+    """(margin, bound) of the neurons start .. start+L-1 of a layer viewed as [B·C, S] (row r is
+    channel r % C): the largest margin and the lowest bound of the rows the block spans (a wider
+    test than each row's own: never a wrong decision)."""
+    r0 = start // S
+    mc = m[r0 % C]
+    lc = lo_hi[r0 % C]
+    for r in range(r0 + 1, (start + L - 1) // S + 1):
+        mc = max(mc, m[r % C])
+        lc = min(lc, lo_hi[r % C])
+    return mc, lc
+
+
 @njit(cache=CACHE, nogil=True)
 def if_sync_closed_form32_rows(y, C, S, inv, a, lo_hi, D, m, counts, counts8, w8, flagged, base):
     """:func:`if_sync_closed_form32` with one margin ``m[c]`` / saturation bound ``lo_hi[c]`` per
@@ -409,12 +423,7 @@ def if_sync_closed_form32_rows(y, C, S, inv, a, lo_hi, D, m, counts, counts8, w8
     for blk in range((n + BS - 1) // BS):  # indices provably >= 0 (else no vectorisation)
         s0 = blk * BS
         L = min(n - s0, BS)
-        r0 = (base + s0) // S
-        mc = m[r0 % C]
-        lc = lo_hi[r0 % C]
-        for r in range(r0 + 1, (base + s0 + L - 1) // S + 1):  # further rows in this block
-            mc = max(mc, m[r % C])
-            lc = min(lc, lo_hi[r % C])
+        mc, lc = _block_test(m, lo_hi, C, S, base + s0, L)
         anyf = 0
         if w8:
             for j in range(L):  # branch-free, vectorisable
@@ -462,12 +471,7 @@ def if_sync_closed_form32_inplace(y, C, S, inv, a, lo_hi, D, m, counts8, w8, fla
     for blk in range((n + BS - 1) // BS):  # indices provably >= 0 (else no vectorisation)
         s0 = blk * BS
         L = min(n - s0, BS)
-        r0 = (base + s0) // S
-        mc = m[r0 % C]
-        lc = lo_hi[r0 % C]
-        for r in range(r0 + 1, (base + s0 + L - 1) // S + 1):  # further rows in this block
-            mc = max(mc, m[r % C])
-            lc = min(lc, lo_hi[r % C])
+        mc, lc = _block_test(m, lo_hi, C, S, base + s0, L)
         anyf = False
         if w8:
             for j in range(L):  # branch-free, vectorisable
