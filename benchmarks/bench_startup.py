@@ -8,6 +8,10 @@ CPU seconds are the steadier number):
   examples/digits_sfa.py:build_model --target sim -o OUT`` (goal <= 2 s), cold (empty trace cache:
   torch.export runs) and warm (the trace is read back from the cache, see
   ``neurodeploy/converters/trace_cache.py``), and checks that both give byte-identical artefacts,
+* the imports a cold compile cannot avoid (fresh processes): ``import torch``, torch + the
+  ``torch.export`` tracer, torch + ``make_fx``'s first trace (the lower-level tracer: it imports
+  the same dynamo and sympy), and for contrast torch + ``torch.fx.symbolic_trace`` (no dynamo, but it
+  cannot trace SFA code),
 * with ``--stages``: where an in-process cold compile spends its time (imports, load, trace, fold,
   quantise, emit IR/NIR/target files, manifest).
 
@@ -76,11 +80,38 @@ def bench_cli(repeat: int) -> None:
             warm.append(timed_run(_cli() + ["compile", *DEMO, "-o", str(work / f"warm{i}")], env))
         _row("compile demo, cold (torch.export)", cold, GOAL_COMPILE_S)
         _row("compile demo, warm (trace cache)", warm, GOAL_COMPILE_S)
+        bench_import_floor(repeat)
         ref = _artefacts(work / "cold0")
         same = all(_artefacts(work / f"{kind}{i}") == ref for kind in ("cold", "warm") for i in range(repeat))
         print(f"artefacts of all {2 * repeat} compiles byte-identical: {same} ({', '.join(ref)})")
     finally:
         shutil.rmtree(work)
+
+
+# What a cold compile must import before it can trace, in fresh processes: torch itself, then the
+# tracer. torch.export's trace module imports dynamo (and sympy) on import; make_fx, the lower-level
+# tracer torch.export is built on, imports the same on its first trace (with or without
+# pre_dispatch). torch.fx.symbolic_trace stays below them, but it cannot trace real SFA code (the
+# forward reads x.shape into Python ints; see converters/torch_export.py).
+_TINY = "(lambda x: x + 1)(torch.zeros(1))"
+IMPORT_FLOOR = [
+    ("import torch", "import torch"),
+    ("import torch + torch.export tracer", "import torch, torch.export._trace"),
+    ("torch + make_fx, first trace", "import torch; from torch.fx.experimental.proxy_tensor import make_fx; "
+                                     "make_fx" + _TINY),
+    ("torch + fx.symbolic_trace (no dynamo)", "import torch, torch.fx; torch.fx.symbolic_trace(torch.nn.ReLU())"),
+]
+
+
+def bench_import_floor(repeat: int) -> None:
+    """The imports a cold compile cannot avoid, each in fresh processes (the goal's lower bound)."""
+    runs = {}
+    for name, code in IMPORT_FLOOR:
+        runs[name] = [timed_run([sys.executable, "-c", code]) for _ in range(repeat)]
+        _row(name[:34], runs[name], GOAL_COMPILE_S)
+    wall, cpu = _median(runs[IMPORT_FLOOR[1][0]])
+    print(f"a cold compile imports torch and its tracer before tracing: {wall:.2f} s wall / {cpu:.2f} s CPU "
+          f"here, {'above' if wall > GOAL_COMPILE_S else 'below'} the {GOAL_COMPILE_S:.0f} s goal on its own")
 
 
 def bench_stages() -> None:
