@@ -88,13 +88,47 @@ class ShardSpec:
         x = validate_inputs(ds.x, where=where, input_shape=input_shape, first_index=self.start)
         return Dataset(x, ds.y, self.path)
 
-    def content_hash(self) -> str:
-        """sha256 of what this shard reads (file identity, size, mtime and sample range)."""
+    def content_hash(self, memo: dict | None = None) -> str:
+        """sha256 of the bytes this shard reads and of its sample range: for a ``.npy`` the rows
+        ``[start, stop)``, for an ``.npz`` shard the whole file, for images every file of the batch.
+        Names and timestamps play no part: a file rewritten with other data under the same name,
+        size and mtime gets another hash, and a copied or moved one keeps its hash. ``memo``: a
+        dict for one run, so that the batches of one ``.npz`` read it once (keyed by the file's
+        identity; a fresh dict per run sees files changed since)."""
+        memo = {} if memo is None else memo
         h = hashlib.sha256(repr((self.kind, self.start, self.stop, self.image_size)).encode())
-        for p in [self.path] + [f for f, _ in self.files]:
-            st = Path(p).stat()
-            h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        if self.kind == "npy":
+            h.update(_npy_rows_digest(self.path, self.start, self.stop))
+        elif self.kind == "images":
+            for f, label in self.files:
+                h.update(_file_digest(f, memo) + repr(label).encode())
+        else:
+            h.update(_file_digest(self.path, memo))
         return h.hexdigest()
+
+
+_HASH_BLOCK = 1 << 22
+
+
+def _file_digest(path: str, memo: dict) -> bytes:
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in memo:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(_HASH_BLOCK), b""):
+                h.update(block)
+        memo[key] = h.digest()
+    return memo[key]
+
+
+def _npy_rows_digest(path: str, start: int, stop: int) -> bytes:
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    h = hashlib.sha256(repr((arr.dtype.str, arr.shape[1:])).encode())
+    rows = max(1, _HASH_BLOCK // max(1, arr[0].nbytes if len(arr) else 1))
+    for a in range(start, stop, rows):  # a block at a time: the memory map stays mostly on disk
+        h.update(np.ascontiguousarray(arr[a:min(a + rows, stop)]).data)
+    return h.digest()
 
 
 def _read_arrays(spec: ShardSpec):

@@ -184,10 +184,14 @@ class _Cache:
     def __init__(self, folder, program_key: str):
         self.folder = Path(folder) / "shards"
         self.program_key = program_key
+        self.keys: dict = {}    # shard -> its file name, computed once per run
+        self.digests: dict = {}  # file digests of this run (the batches of one .npz hash it once)
 
     def _path(self, shard) -> Path:
-        key = hashlib.sha256(f"{self.program_key}|{shard.content_hash()}".encode()).hexdigest()
-        return self.folder / f"{key[:32]}.json"
+        if shard not in self.keys:
+            content = shard.content_hash(self.digests)
+            self.keys[shard] = hashlib.sha256(f"{self.program_key}|{content}".encode()).hexdigest()[:32]
+        return self.folder / f"{self.keys[shard]}.json"
 
     def load(self, shard):
         from .report_codec import decode

@@ -149,6 +149,52 @@ def test_resume_skips_shards_already_done(digits, tmp_path, monkeypatch):
     assert again.format("json") == first.format("json")
 
 
+@pytest.mark.parametrize("kind", ["npz", "npy"])
+def test_resume_recomputes_a_shard_whose_bytes_changed_under_the_same_name_size_and_mtime(
+        digits, tmp_path, kind):
+    """The cache key is the bytes a shard reads, not the file's name, size or timestamp."""
+    import os
+
+    _, x, y = digits
+    data = tmp_path / ("shards" if kind == "npz" else "x.npy")
+    if kind == "npz":
+        data.mkdir()
+        for i, (a, b) in enumerate([(0, 12), (12, N)]):
+            np.savez(data / f"part{i}.npz", x=x[a:b], y=y[a:b])
+        changed = data / "part1.npz"
+    else:
+        np.save(data, x)
+        changed = data
+    out = tmp_path / "out"
+    first = api.profile(MODEL, arch=ARCH, data=str(data), batch_size=12, runner=Runner(cache_dir=out))
+    st = os.stat(changed)
+    other = x.copy()
+    other[12:] = x[:12]  # the second batch now holds the first batch's images: another report
+    if kind == "npz":
+        np.savez(changed, x=other[12:], y=y[12:])
+    else:
+        np.save(changed, other)
+    assert os.stat(changed).st_size == st.st_size
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns))
+    resumed = api.profile(MODEL, arch=ARCH, data=str(data), batch_size=12,
+                          runner=Runner(cache_dir=out, resume=True))
+    fresh = api.profile(MODEL, arch=ARCH, data=str(data), batch_size=12)
+    assert fresh.format("json") != first.format("json")
+    assert resumed.format("json") == fresh.format("json")
+    assert len(list((out / "shards").glob("*.json"))) == 3  # the unchanged batch was reused
+
+
+def test_shard_hash_follows_the_bytes_not_the_name(digits, tmp_path):
+    import shutil
+
+    root, _, _ = digits
+    a = open_source(str(root / "shards")).shards(5)
+    shutil.copytree(root / "shards", tmp_path / "copy")
+    b = open_source(str(tmp_path / "copy")).shards(5)
+    assert [s.content_hash() for s in a] == [s.content_hash() for s in b]
+    assert len({s.content_hash() for s in a}) == len(a)
+
+
 def test_workers_without_ray_name_the_extra(monkeypatch):
     from neurodeploy.distributed import import_ray
 
