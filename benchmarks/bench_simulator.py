@@ -9,7 +9,10 @@ For the demo-sized net (1×8×8 digits, 3 SFA conv layers + SFA linear, D=4) and
   the floor and the simulator alternate in this process, median of 15 runs each, both on the same
   number of threads (``torch.set_num_threads``: PyTorch's convolutions and element-wise ops, and
   the simulator's numba kernels, which split their work over that many threads), once with
-  PyTorch's default thread count and once with one thread,
+  PyTorch's default thread count and once with one thread; then both sides part by part on one
+  thread (:func:`print_breakdown`: convolutions, the floor's clamp/round, the simulator's closed
+  form + undecided test, exact refinement, int64 results, input check, and the rest), with the
+  simulator's exactness work over the floor's activation as a share of the floor,
 * the neurodeploy simulator on the quantised (integer) program, layer-synchronous schedule
   (goal: <= 2× the PyTorch float32 forward; default exact fast path — one float32 convolution per
   layer with an a-priori error bound, closed-form counts, exact refinement of the few undecided
@@ -42,6 +45,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +54,7 @@ from nets import SFA, DigitsConvNet, LargeConvNet, activation_counts, digits_lik
 
 from neurodeploy import ir  # noqa: E402
 from neurodeploy.passes import canonicalize, quantize_fixed_point  # noqa: E402
-from neurodeploy.simulator import simulate  # noqa: E402
+from neurodeploy.simulator import kernels, simulate  # noqa: E402
 
 
 def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:
@@ -237,6 +241,80 @@ def page_faults(fn, repeat: int = 10) -> float:
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / repeat
 
 
+# Where each side of the floor comparison spends its time: every call of these is timed (the
+# simulator calls its kernels and PyTorch's functional ops through module attributes, the floor
+# its in-place tensor methods, so wrapping the attributes sees every call).
+FLOOR_PARTS = {"linear ops (conv, linear, pool)": [(F, "conv2d"), (F, "conv1d"), (F, "linear"), (F, "avg_pool2d")],
+               "activation (clamp_/round_ in place)": [(torch.Tensor, m) for m in
+                                                       ("clamp_", "round_", "add_", "floor_", "mul_")],
+               "float64 copies of the counts": [(torch.Tensor, "double")]}
+SIM_PARTS = {"linear ops (conv, linear, pool)": FLOOR_PARTS["linear ops (conv, linear, pool)"],
+             "closed form + undecided test": [(kernels, k) for k in ("if_sync_closed_form32_inplace",
+                                                                     "if_sync_closed_form32_rows",
+                                                                     "if_sync_closed_form32", "if_sync_closed_form")],
+             "exact refinement (gathers, steps)": [(kernels, k) for k in ("conv2d_exact_at", "conv2d_exact_at_nchw",
+                                                                          "linear_exact_at", "if_sync_refine")],
+             "int64 results": [(kernels, "counts_to_int64")],
+             "input check + quantisation": [(kernels, k) for k in ("max_abs", "quantize_input_f32",
+                                                                   "quantize_input_f32_cl")]}
+
+
+def timed_parts(fn, parts: dict, runs: int) -> dict:
+    """Mean ms per call of ``fn`` and of each part (wrapped callables), plus the rest."""
+    spent = dict.fromkeys(parts, 0.0)
+    saved = []
+
+    def timer(label, f):
+        def wrapped(*a, **k):
+            t = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                spent[label] += time.perf_counter() - t
+        return wrapped
+
+    for label, targets in parts.items():
+        for owner, name in targets:
+            f = getattr(owner, name, None)
+            if f is not None:
+                saved.append((owner, name, f))
+                setattr(owner, name, timer(label, f))
+    try:
+        fn()
+        spent.update(dict.fromkeys(parts, 0.0))
+        t = time.perf_counter()
+        for _ in range(runs):
+            fn()
+        total = (time.perf_counter() - t) / runs
+    finally:
+        for owner, name, f in saved:
+            setattr(owner, name, f)
+    out = {label: 1e3 * v / runs for label, v in spent.items()}
+    out["rest (Python, bookkeeping)"] = 1e3 * total - sum(out.values())
+    out["total"] = 1e3 * total
+    return out
+
+
+def print_breakdown(floor_forward, sim, runs: int = 20) -> dict:
+    """One thread, each side timed part by part; the exactness work the simulator does where the
+    floor only rounds, as a share of the floor."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fl = timed_parts(floor_forward, FLOOR_PARTS, runs)
+        sm = timed_parts(sim, SIM_PARTS, runs)
+    finally:
+        torch.set_num_threads(threads)
+    for name, parts in (("floor", fl), ("sim", sm)):
+        body = " + ".join(f"{k} {v:.2f}" for k, v in parts.items() if k != "total")
+        print(f"  breakdown, 1 thread, ms per call, {name}: {parts['total']:.2f} = {body}")
+    extra = (sm["closed form + undecided test"] - fl["activation (clamp_/round_ in place)"]
+             + sm["exact refinement (gathers, steps)"] + sm["input check + quantisation"])
+    print(f"  exactness work over the floor's activation (closed form + test - clamp/round, + refinement, + input "
+          f"check): {extra:.2f} ms = {100 * extra / fl['total']:.0f}% of the floor (the 1.1x goal allows 10% for all)")
+    return {"floor": fl, "sim": sm, "exactness_ms": extra}
+
+
 def agreement(ref: dict, got: dict) -> tuple[float, int]:
     """Fraction of all counts equal, number of layers that agree fully."""
     tot = eq = layers = 0
@@ -283,6 +361,7 @@ def bench(name: str, model: nn.Module, x: np.ndarray, D: int, repeat: int) -> di
     floors = floor_ratios(floor_forward, lambda: simulate(q, x), floor_runs)
     t_floor, t_sync_f = floors[0][1:]
     faults_sync, faults_floor = page_faults(lambda: simulate(q, x)), page_faults(floor_forward)
+    parts = print_breakdown(floor_forward, lambda: simulate(q, x))
     t_stepped = timeit(lambda: res.__setitem__("stepped", simulate(q, x, fast_sync=False)), max(1, repeat // 2))
     t_sync24 = timeit(lambda: res.__setitem__("sync24", simulate(q24, x)), repeat)
     t_stream = timeit(lambda: res.__setitem__("streaming", simulate(q, x, schedule="streaming")), max(1, repeat // 2))
@@ -329,7 +408,7 @@ def bench(name: str, model: nn.Module, x: np.ndarray, D: int, repeat: int) -> di
     print(f"  24-bit accumulators (float32-exact, ~2^-20 precision) / f32 forward = {t_sync24 / t_f32:.2f}×")
     return {"name": name, "t_f32": t_f32, "t_floor": t_floor, "t_sync_vs_floor": floor,
             "sync_vs_floor_by_threads": {th: ts / tf for th, tf, ts in floors},
-            "faults_sync": faults_sync, "t_sync24": t_sync24, "t_f64": t_f64, "t_sync": t_sync,
+            "faults_sync": faults_sync, "breakdown": parts, "t_sync24": t_sync24, "t_f64": t_f64, "t_sync": t_sync,
             "t_sync_stepped": t_stepped, "t_stream": t_stream,
             "t_sinabs": t_sinabs, "t_sinabs_barrier": t_sinabs_b}
 
