@@ -184,8 +184,10 @@ def test_resume_recomputes_a_shard_whose_bytes_changed_under_the_same_name_size_
     assert len(list((out / "shards").glob("*.json"))) == 3  # the unchanged batch was reused
 
 
-def test_shard_hash_follows_the_bytes_not_the_name(digits, tmp_path):
+def test_shard_hash_follows_the_bytes_not_the_name(digits, tmp_path, monkeypatch):
     import shutil
+
+    import neurodeploy.streaming as streaming
 
     root, _, _ = digits
     a = open_source(str(root / "shards")).shards(5)
@@ -193,6 +195,12 @@ def test_shard_hash_follows_the_bytes_not_the_name(digits, tmp_path):
     b = open_source(str(tmp_path / "copy")).shards(5)
     assert [s.content_hash() for s in a] == [s.content_hash() for s in b]
     assert len({s.content_hash() for s in a}) == len(a)
+    out = tmp_path / "out"
+    first = api.profile(MODEL, arch=ARCH, data=str(root / "shards"), batch_size=5, runner=Runner(cache_dir=out))
+    monkeypatch.setattr(streaming, "_profile_task", lambda *a: pytest.fail("a moved shard was recomputed"))
+    moved = api.profile(MODEL, arch=ARCH, data=str(tmp_path / "copy"), batch_size=5,
+                        runner=Runner(cache_dir=out, resume=True))
+    assert moved.format("json") == first.format("json")
 
 
 def test_workers_without_ray_name_the_extra(monkeypatch):
