@@ -11,6 +11,7 @@ from neurodeploy.converters.neurons import from_timestepped, model_spike_trains
 from neurodeploy.errors import NeurodeployError
 from neurodeploy.simulator import simulate
 from neurodeploy.verify_timestepped import format_report, verify_timestepped
+from timestepped_helpers import Repeat, assert_simulator_matches_model, scale_weights
 
 snn = pytest.importorskip("snntorch")
 sj_neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
@@ -85,10 +86,7 @@ def sj_convnet(node_cls, step_mode, **kw):
         sj_layer.Flatten(step_mode=step_mode), sj_layer.Linear(6 * 4 * 4, 7, step_mode=step_mode),
         node_cls(step_mode=step_mode, **kw))
     torch.manual_seed(2)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.mul_(3.0)
+    scale_weights(net, 3.0)
     return net
 
 
@@ -134,10 +132,7 @@ def sinabs_net(squeeze: bool, leaky: bool, **kw):
         extra = {"tau_mem": 4.0} if leaky else {}
         net = nn.Sequential(nn.Linear(12, 20), cls(**extra, **kw), nn.Linear(20, 6), cls(**extra, **kw))
     torch.manual_seed(4)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.mul_(4.0)
+    scale_weights(net, 4.0)
     return net
 
 
@@ -260,21 +255,8 @@ def test_nir_from_snntorch_export_matches_the_model_per_step():
     lifs = [g.nodes[n] for n in g.of_type(ir.LIFNeuron)]
     assert lifs[0].beta == np.float32(0.85) and lifs[0].leaky and not lifs[1].leaky  # beta=1: tau = inf, an IF
 
-    class Loop(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return torch.stack([self.net(x) for _ in range(T)])
-
     x = torch.rand(12, 10) * 1.5
-    reference = from_timestepped(Loop(), x, T)
-    ref = model_spike_trains(Loop(), reference, x)
-    ours = simulate(g, x.double()).trains
-    for (ours_name, theirs_name) in zip(g.of_type(ir.LIFNeuron), reference.of_type(ir.LIFNeuron)):
-        assert np.array_equal(ours[ours_name], ref[theirs_name]), ours_name
-    assert sum(int(t.sum()) for t in ours.values()) > 0
+    assert_simulator_matches_model(g, Repeat(net, T), x, T)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -285,10 +267,7 @@ def test_nir_from_sinabs_to_nir_matches_sinabs_from_nir_per_step():
 
     torch.manual_seed(7)
     net = nn.Sequential(nn.Linear(12, 20), sinabs_layers.IAF(), nn.Linear(20, 6), sinabs_layers.LIF(tau_mem=5.0))
-    with torch.no_grad():
-        for m in net:
-            if isinstance(m, nn.Linear):
-                m.weight.mul_(4.0)
+    scale_weights(net, 4.0)
     N = 4
     x = torch.rand(N, T, 12) * 2
     net(x)  # sinabs.to_nir reads the state shapes
@@ -392,10 +371,7 @@ def test_nir_export_of_time_stepped_graph_runs_in_sinabs_from_nir(tmp_path):
     torch.manual_seed(10)
     net = nn.Sequential(nn.Linear(12, 20), sinabs_layers.IAF(min_v_mem=-1.0), nn.Linear(20, 6),
                         sinabs_layers.LIF(tau_mem=5.0, norm_input=False))
-    with torch.no_grad():
-        for m in net:
-            if isinstance(m, nn.Linear):
-                m.weight.mul_(4.0)
+    scale_weights(net, 4.0)
     N = 4
     x = torch.rand(N, T, 12) * 2
     g = from_timestepped(net, x, T, input_layout="NT")

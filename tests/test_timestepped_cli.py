@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from neurodeploy.artifacts import sha256_file
 from neurodeploy.cli import main
+from timestepped_helpers import scale_weights
 
 snn = pytest.importorskip("snntorch")
 sinabs = pytest.importorskip("sinabs")
@@ -147,10 +148,7 @@ def test_sinabs_to_nir_file_compiles_for_speck(tmp_path):
     torch.manual_seed(3)
     N, steps = 5, 4
     net = torch.nn.Sequential(torch.nn.Linear(12, 20), sl.IAF(), torch.nn.Linear(20, 6), sl.IAF())
-    with torch.no_grad():
-        for m in net:
-            if isinstance(m, torch.nn.Linear):
-                m.weight.mul_(3.0)
+    scale_weights(net, 3.0)
     x = (torch.rand(N, steps, 12) * 2).round()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

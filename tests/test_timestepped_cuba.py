@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from neurodeploy import ir, ir_io
-from neurodeploy.converters.neurons import from_timestepped, model_spike_trains
+from neurodeploy.converters.neurons import from_timestepped
 from neurodeploy.errors import NeurodeployError
 from neurodeploy.nir_io import from_nir, to_nir
 from neurodeploy.simulator import simulate
 from neurodeploy.verify_timestepped import format_report, verify_timestepped
+from timestepped_helpers import Repeat, StatefulRepeat, assert_simulator_matches_model, lava_check
 
 snn = pytest.importorskip("snntorch")
 
@@ -38,12 +39,6 @@ class SynapticMLP(nn.Module):
             spk2, syn2, mem2 = self.lif2(self.fc2(spk1), syn2, mem2)
             out.append(spk2)
         return torch.stack(out)
-
-
-def trains_of(model, x):
-    """The model's own spike trains per neuron layer (forward hooks on its snnTorch modules)."""
-    reference = from_timestepped(model, x, T)
-    return reference, model_spike_trains(model, reference, x)
 
 
 @pytest.mark.parametrize("kw", [{}, {"reset_mechanism": "zero"}, {"reset_delay": False},
@@ -106,20 +101,8 @@ def test_nir_cubalif_from_snntorch_export_matches_the_synaptic_model():
     assert lifs[0].alpha == np.float32(0.8) and lifs[0].beta == np.float32(0.85) and lifs[0].gain == 1.0
     assert not lifs[1].leaky and lifs[1].alpha == 0.5
 
-    class Loop(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return torch.stack([self.net(x) for _ in range(T)])
-
     x = torch.rand(32, 10) * 1.5
-    reference, ref = trains_of(Loop(), x)
-    ours = simulate(g, x.double()).trains
-    for ours_name, theirs_name in zip(g.of_type(ir.LIFNeuron), reference.of_type(ir.LIFNeuron)):
-        assert np.array_equal(ours[ours_name], ref[theirs_name]), ours_name
-        assert ours[ours_name].sum() > 0
+    assert_simulator_matches_model(g, Repeat(net, T), x, T, every_layer_fires=True)
 
 
 def test_our_cubalif_file_runs_the_same_in_snntorch_import_from_nir():
@@ -141,24 +124,8 @@ def test_our_cubalif_file_runs_the_same_in_snntorch_import_from_nir():
         warnings.simplefilter("ignore")
         imported = import_from_nir(ng)
 
-    class Loop(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.m = imported
-
-        def forward(self, x):
-            outs, state = [], None
-            for _ in range(T):
-                o, state = self.m(x, state)
-                outs.append(o)
-            return torch.stack(outs)
-
-    reference, ref = trains_of(Loop(), x)
     assert float(imported.lif1.threshold) == pytest.approx(0.35)  # 0.7 / w_scale 2
-    ours = simulate(g, x.double()).trains
-    for ours_name, theirs_name in zip(g.of_type(ir.LIFNeuron), reference.of_type(ir.LIFNeuron)):
-        assert np.array_equal(ours[ours_name], ref[theirs_name]), ours_name
-        assert ours[ours_name].sum() > 0
+    assert_simulator_matches_model(g, StatefulRepeat(imported, T), x, T, every_layer_fires=True)
 
 
 @pytest.mark.parametrize("neuron", ["Synaptic", "Leaky"])
@@ -186,24 +153,8 @@ def test_snntorch_export_read_as_snntorch_import_from_nir_runs_it(neuron):
     lifs = [g.nodes[n] for n in g.of_type(ir.LIFNeuron)]
     assert all((n.reset, n.reset_timing, n.synaptic) == ("zero", "same_step", neuron == "Synaptic") for n in lifs)
 
-    class Loop(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.m = imported
-
-        def forward(self, x):
-            outs, state = [], None
-            for _ in range(T):
-                o, state = self.m(x, state)
-                outs.append(o)
-            return torch.stack(outs)
-
     x = torch.rand(32, 10) * 1.5
-    reference, ref = trains_of(Loop(), x)
-    ours = simulate(g, x.double()).trains
-    for ours_name, theirs_name in zip(g.of_type(ir.LIFNeuron), reference.of_type(ir.LIFNeuron)):
-        assert np.array_equal(ours[ours_name], ref[theirs_name]), ours_name
-        assert ours[ours_name].sum() > 0
+    assert_simulator_matches_model(g, StatefulRepeat(imported, T), x, T, every_layer_fires=True)
 
 
 def test_other_current_based_snntorch_neurons_are_refused_by_name():
@@ -230,43 +181,24 @@ def test_speck_refuses_a_synaptic_current_by_layer():
 
 # -- Loihi: CUBA's u is the synaptic current (du from alpha) -------------------------------------
 
-class Loop(nn.Module):
-    def __init__(self, body):
-        super().__init__()
-        self.body = body
-
-    def forward(self, x):
-        return torch.stack([self.body(x) for _ in range(T)], 1)
-
-
 def synaptic_body(**kw):
     torch.manual_seed(11)
     body = nn.Sequential(nn.Linear(12, 16), snn.Synaptic(alpha=0.7, beta=0.9, init_hidden=True, **kw),
                          nn.Linear(16, 4), snn.Synaptic(alpha=0.5, beta=0.8, init_hidden=True, **kw))
     with torch.no_grad():
         body[2].weight.mul_(2.0)
-    return Loop(body)
+    return Repeat(body, T, dim=1)
 
 
 @pytest.mark.parametrize("kw,stock", [({}, False), ({"reset_mechanism": "zero", "reset_delay": False}, True)])
 def test_synaptic_on_loihi_equals_lava_fixed_pt(kw, stock):
     pytest.importorskip("lava.proc.lif.models")
-    from neurodeploy.targets.loihi.lif import lower_lif, quantize_lif_input, run_lif_lava, simulate_lif
-
-    model = synaptic_body(**kw)
     x = torch.rand(5, 12) * 2
-    g = from_timestepped(model, x, T)
-    prog = lower_lif(g, x.numpy())
+    prog, agree = lava_check(synaptic_body(**kw), x, x.numpy(), T, every_layer_fires=True)
     assert [L.du for L in prog.layers] == [round(4096 * 0.3), 2048]
     assert all(L.stock == stock for L in prog.layers)
-    xi = quantize_lif_input(prog, x.numpy())
-    ours, lava = simulate_lif(prog, xi), run_lif_lava(prog, xi)
-    for name in ours:
-        assert np.array_equal(ours[name], lava[name]), name  # 0 spike-time mismatches
-        assert ours[name].sum() > 0
-    ref = model_spike_trains(model, g, x)
     # measured 0.90-0.91 (layer 1) and 0.82-0.83 (layer 2): 8-bit input x weights, 12-bit decays
-    assert min(float((ours[n] == ref[n]).mean()) for n in ours) > 0.8
+    assert min(agree.values()) > 0.8
 
 
 def test_loihi_artefact_describes_each_layers_current_decay():
