@@ -24,6 +24,19 @@ def load_example(filename: str, module_name: str):
     return mod
 
 
+def write_digits_data(root, n: int, splits) -> tuple:
+    """The first ``n`` test digits as ``root/all.npz``, ``root/all.npy`` (inputs) and ``.npz`` shards
+    ``root/shards/partNN.npz`` over the sample ranges ``splits``. Returns (x, y)."""
+    d = np.load(TEST_NPZ)
+    x, y = d["x"][:n], d["y"][:n]
+    np.savez(root / "all.npz", x=x, y=y)
+    (root / "shards").mkdir()
+    for i, (a, b) in enumerate(splits):
+        np.savez(root / "shards" / f"part{i:02d}.npz", x=x[a:b], y=y[a:b])
+    np.save(root / "all.npy", x)
+    return x, y
+
+
 def load_checkpoint(path: str) -> dict:
     return torch.load(path, weights_only=True, map_location="cpu")
 

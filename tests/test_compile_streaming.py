@@ -4,9 +4,9 @@ give the same profile.json and verify.json as one in-memory .npz, without loadin
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from demo_helpers import write_digits_data
 from neurodeploy import api
 
 MODEL = "examples/digits_sfa.pt"
@@ -16,14 +16,8 @@ N = 20
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    d = np.load("examples/digits_test.npz")
-    x, y = d["x"][:N], d["y"][:N]
     root = tmp_path_factory.mktemp("cdigits")
-    np.savez(root / "all.npz", x=x, y=y)
-    (root / "shards").mkdir()
-    for i, (a, b) in enumerate([(0, 6), (6, 13), (13, N)]):
-        np.savez(root / "shards" / f"part{i:02d}.npz", x=x[a:b], y=y[a:b])
-    np.save(root / "all.npy", x)
+    write_digits_data(root, N, [(0, 6), (6, 13), (13, N)])
     return root
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from demo_helpers import write_digits_data
 from neurodeploy import api
 from neurodeploy.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_transform, open_source
 from neurodeploy.distributed import Runner
@@ -20,14 +21,8 @@ N = 24
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    d = np.load("examples/digits_test.npz")
-    x, y = d["x"][:N], d["y"][:N]
     root = tmp_path_factory.mktemp("digits")
-    np.savez(root / "all.npz", x=x, y=y)
-    (root / "shards").mkdir()
-    for i, (a, b) in enumerate([(0, 7), (7, 15), (15, N)]):  # uneven shards
-        np.savez(root / "shards" / f"part{i:02d}.npz", x=x[a:b], y=y[a:b])
-    np.save(root / "all.npy", x)
+    x, y = write_digits_data(root, N, [(0, 7), (7, 15), (15, N)])  # uneven shards
     return root, x, y
 
 
