@@ -457,6 +457,13 @@ class Graph:
     def consumers_of(self, name: str) -> list[str]:
         return [b for a, b in self.edges if a == name]
 
+    def behind_views(self, name: str) -> str:
+        """The node whose values ``name`` carries: ``name``, or the node before its chain of
+        Flatten / Reshape views (e.g. the IF layer behind a flattened spike tensor)."""
+        while isinstance(self.nodes[name], (Flatten, Reshape)) and self.inputs_of(name):
+            name = self.inputs_of(name)[0]
+        return name
+
     def input_names(self) -> list[str]:
         return [n for n, node in self.nodes.items() if isinstance(node, Input)]
 

@@ -409,9 +409,7 @@ def _host_summary(g: ir.Graph, val, rows: list) -> dict | None:
         values = sum(int(np.prod(g.nodes[n].shape)) for n in names)
         spikes = 0.0
         for n in names:
-            src = n
-            while isinstance(g.nodes[src], (ir.Flatten, ir.Reshape)):
-                src = g.inputs_of(src)[0]
+            src = g.behind_views(n)
             if isinstance(g.nodes[src], ir.IFNeuron):
                 spikes += float(val(src).flatten(1).sum(1).mean())
         return values, spikes

@@ -171,9 +171,7 @@ def _host_spikes(rep, graph, names) -> float:
     rows = {r.name: r for r in rep.layers}
     spikes = 0.0
     for name in names:
-        src = name
-        while isinstance(graph.nodes[src], (ir.Flatten, ir.Reshape)):
-            src = graph.inputs_of(src)[0]
+        src = graph.behind_views(name)
         if isinstance(graph.nodes[src], ir.IFNeuron):
             spikes += float(rows[src].spikes)
     return spikes

@@ -71,9 +71,7 @@ def interface(graph: ir.Graph, part: Partition) -> dict:
     def tensor(n):
         node = graph.nodes[n]
         kind = "spike counts" if isinstance(node, ir.IFNeuron) else "integers"
-        src = n
-        while isinstance(graph.nodes[src], (ir.Flatten, ir.Reshape)) and graph.inputs_of(src):
-            src = graph.inputs_of(src)[0]
+        src = graph.behind_views(n)
         if isinstance(graph.nodes[src], ir.IFNeuron):
             kind = "spike counts"
         return {"name": n, "source": node.source, "shape": list(node.shape), "values": int(np.prod(node.shape)),
