@@ -42,14 +42,21 @@ def build_model(steps=6):
 '''
 
 
+def write_arch(path, text: str, module_name: str):
+    """Write an --arch file and import it, as the CLI will."""
+    import importlib.util
+
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="module")
 def snntorch_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("ts_cli")
-    (d / "arch.py").write_text(ARCH)
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("ts_cli_arch", d / "arch.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = write_arch(d / "arch.py", ARCH, "ts_cli_arch")
     torch.manual_seed(0)
     net = mod.build_model()
     with torch.no_grad():
@@ -247,12 +254,7 @@ def build_model():
 
 def test_spikingjelly_multi_step_checkpoint_with_event_data_tn_layout(tmp_path):
     sj = pytest.importorskip("spikingjelly.activation_based.neuron")  # noqa: F841
-    import importlib.util
-
-    (tmp_path / "sj.py").write_text(SJ_ARCH)
-    spec = importlib.util.spec_from_file_location("sj_cli_arch", tmp_path / "sj.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = write_arch(tmp_path / "sj.py", SJ_ARCH, "sj_cli_arch")
     torch.manual_seed(2)
     net = mod.build_model()
     with torch.no_grad():
