@@ -88,7 +88,9 @@ def test_configs_carry_the_probes_integers(written):
 
 
 def test_run_without_real_samna_exits_2_without_importing_it(written, monkeypatch, capsys):
-    monkeypatch.setattr(pr, "samna_available", lambda: (False, "samna is not installed"))
+    from neurodeploy.targets.speck import config
+
+    monkeypatch.setattr(config, "samna_available", lambda: (False, "samna is not installed"))
     assert pr.main([str(written), "--run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot run the probes on a chip: samna is not installed") and "fix:" in err

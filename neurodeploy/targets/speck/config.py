@@ -69,6 +69,15 @@ def samna_available() -> tuple[bool, str]:
                    "validate a configuration")
 
 
+def import_samna(action: str, fix: str):
+    """The real samna module, imported only after :func:`samna_available` found one; otherwise
+    ``cannot {action}: {why}`` as a :class:`NeurodeployError` with ``fix``."""
+    ok, why = samna_available()
+    if not ok:
+        raise NeurodeployError(f"cannot {action}: {why}", fix=fix)
+    return importlib.import_module("samna")
+
+
 def _dims(l) -> dict:
     c, h, w = l.in_shape
     f, ho, wo = l.out_shape

@@ -233,16 +233,11 @@ def run_on_chip(folder, x, *, device: str = "speck2fdevkit:0") -> list[dict]:
     ``folder``: per sample apply the configuration (which writes the held ``neurons_initial_value``),
     send ``sample_event_stream`` and count the monitored output events; returns per sample
     {layer: counts array [F, H, W]}. Needs SynSense's real samna (imported only then)."""
-    import importlib
-
-    from .config import samna_available, to_samna
+    from .config import import_samna, to_samna
     from .probe import _open_device, _run_sample
-    ok, why = samna_available()
-    if not ok:
-        raise NeurodeployError(f"cannot run on a chip: {why}",
-                               fix="install SynSense's samna on the machine the Speck is connected to; without it "
-                                   "simulate the same stream with simulate.simulate_barrier")
-    samna = importlib.import_module("samna")
+    samna = import_samna("run on a chip",
+                         fix="install SynSense's samna on the machine the Speck is connected to; without it "
+                             "simulate the same stream with simulate.simulate_barrier")
     art = load_artefact(folder)
     cfg, (valid, msg) = to_samna(art["config"])
     if not valid:

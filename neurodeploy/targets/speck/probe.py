@@ -35,7 +35,7 @@ from ...artifacts import dumps_json, atomic_write
 from ...errors import NeurodeployError
 from . import drc
 from . import mapping as mapping_mod
-from .config import build_config, samna_available
+from .config import build_config
 from .examples import chain
 from .quantize import SpeckQuantizationWarning, quantize
 
@@ -251,16 +251,12 @@ def run_on_chip(out_dir: str | Path, device: str = "speck2fdevkit:0") -> list[di
     """Apply every probe of ``out_dir`` to a connected Speck and compare the output counts.
 
     Imports samna only after ``samna_available()`` said a real (compiled) samna is installed."""
-    import importlib
     import json
 
-    ok, why = samna_available()
-    if not ok:
-        raise NeurodeployError(f"cannot run the probes on a chip: {why}",
-                               fix="install SynSense's samna (with its compiled modules) on the machine the Speck "
-                                   "is connected to, then run with --run")
-    samna = importlib.import_module("samna")
-    from .config import to_samna
+    from .config import import_samna, to_samna
+    samna = import_samna("run the probes on a chip",
+                         fix="install SynSense's samna (with its compiled modules) on the machine the Speck "
+                             "is connected to, then run with --run")
     dev = _open_device(samna, device)
     results = []
     for entry in json.loads((Path(out_dir) / "probes.json").read_text())["probes"]:
